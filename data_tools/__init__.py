@@ -1,0 +1,1 @@
+"""Dataset preparation and generators, as thin commands over spatiotemporal.data."""

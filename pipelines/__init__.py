@@ -1,0 +1,1 @@
+"""Ray Data job definitions, built only from the library's public functions."""

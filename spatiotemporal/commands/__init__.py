@@ -1,0 +1,1 @@
+"""CLI command implementations. Each keeps heavy imports inside `run` (see spatiotemporal.cli)."""

@@ -1,0 +1,1 @@
+"""Opening media and reading raw arrays."""

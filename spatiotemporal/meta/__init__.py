@@ -1,0 +1,29 @@
+"""Small metadata shipped with the package: Kinetics class names, ScanNet splits and label map."""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+
+
+def meta_path(name: str):
+    """A Traversable for a shipped metadata file, e.g. 'scannetv2_val.txt'."""
+    return resources.files(__name__).joinpath(name)
+
+
+def read_lines(name: str) -> list[str]:
+    return [line.strip() for line in meta_path(name).read_text().splitlines() if line.strip()]
+
+
+@cache
+def kinetics_class_names(num_classes: int = 400) -> tuple[str, ...]:
+    """Kinetics-400/600 names in canonical (sorted) order, index = class id."""
+    if num_classes not in (400, 600):
+        raise ValueError(f"Kinetics class names ship for 400 and 600 classes, not {num_classes}")
+    return tuple(read_lines(f"kinetics{num_classes}_classes.txt"))
+
+
+@cache
+def scannet_split(split: str) -> tuple[str, ...]:
+    """Official ScanNet v2 scene ids for 'train', 'val' or 'test'."""
+    return tuple(read_lines(f"scannetv2_{split}.txt"))

@@ -1,0 +1,121 @@
+"""One registry for every model: `create_model(name, **kw)` and `list_models()`.
+
+A model file registers its configurations as data (a `ModelSpec` per name). The spec carries what
+inference and evaluation need besides the weights: input size, preprocessing, and the paper's test
+protocol, so the evaluator and the CLI never guess them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+# Model files, imported on first use of the registry so `import spatiotemporal` stays cheap.
+MODEL_MODULES = (
+    "spatiotemporal.models.timesformer",
+    "spatiotemporal.models.vivit",
+    "spatiotemporal.models.mvitv2",
+    "spatiotemporal.models.video_swin",
+    "spatiotemporal.models.point_transformer",
+    "spatiotemporal.models.stratified_transformer",
+)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How raw uint8 frames become model input: x = (frames / 255 - mean) / std, laid out as `layout`."""
+
+    mean: tuple[float, float, float] = (0.45, 0.45, 0.45)
+    std: tuple[float, float, float] = (0.225, 0.225, 0.225)
+    layout: str = "BCTHW"
+
+
+@dataclass(frozen=True)
+class TestProtocol:
+    """The paper's Kinetics test views: temporal clips x spatial crops, and how views are averaged."""
+
+    temporal_views: int = 1
+    spatial_crops: int = 1
+    aggregation: str = "softmax"  # or "logits" (ViViT/scenic)
+    short_side: int | None = None  # resize before cropping; None means crop_size
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    family: str  # "video" or "points"
+    builder: Callable[..., Any]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    num_classes: int = 400
+    num_frames: int | None = None
+    frame_stride: int | None = None
+    crop_size: int | None = None
+    in_channels: int = 3
+    preprocess: Preprocess = Preprocess()
+    protocol: TestProtocol = TestProtocol()
+    published_params_m: float | None = None  # millions, with `num_classes` outputs
+    params_source: str = ""
+    description: str = ""
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+_loaded = False
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    if spec.name in _REGISTRY:
+        raise ValueError(f"model {spec.name!r} is registered twice")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def _load_model_modules() -> None:
+    global _loaded
+    if _loaded:
+        return
+    for module_name in MODEL_MODULES:
+        try:
+            importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            # A model file not written yet in a partial tree; any other missing import is a bug.
+            if err.name != module_name:
+                raise
+    _loaded = True
+
+
+def list_models(family: str | None = None) -> list[str]:
+    _load_model_modules()
+    return sorted(n for n, s in _REGISTRY.items() if family is None or s.family == family)
+
+
+def get_spec(name: str) -> ModelSpec:
+    _load_model_modules()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; known: {', '.join(list_models())}") from None
+
+
+def create_model(
+    name: str,
+    num_classes: int | None = None,
+    pretrained: str | None = None,
+    strict: bool = True,
+    **overrides: Any,
+):
+    """Build a registered model. `pretrained` is a checkpoint path in any supported layout."""
+    spec = get_spec(name)
+    kwargs = {**spec.kwargs, **overrides}
+    kwargs["num_classes"] = spec.num_classes if num_classes is None else num_classes
+    model = spec.builder(**kwargs)
+    model.spec = spec
+    if pretrained is not None:
+        from spatiotemporal.convert import load_pretrained
+
+        load_pretrained(model, pretrained, strict=strict)
+    return model
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
