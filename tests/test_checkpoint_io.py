@@ -1,0 +1,43 @@
+"""Reading checkpoints: wrappers and DDP prefixes are unwrapped; unreadable files name the path."""
+
+import pytest
+import torch
+
+from spatiotemporal.convert import read_state_dict
+from spatiotemporal.io.errors import CheckpointError
+
+
+def test_official_wrapper_and_ddp_prefix_are_unwrapped(tmp_path):
+    weights = {"module.head.weight": torch.ones(2, 3), "module.head.bias": torch.zeros(2)}
+    path = tmp_path / "ckpt.pyth"
+    torch.save({"model_state": weights, "epoch": 3}, path)
+    state = read_state_dict(path)
+    assert sorted(state) == ["head.bias", "head.weight"]
+    assert torch.equal(state["head.weight"], torch.ones(2, 3))
+
+
+def test_safetensors_are_read(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "w.safetensors"
+    save_file({"a": torch.arange(4.0)}, str(path))
+    assert torch.equal(read_state_dict(path)["a"], torch.arange(4.0))
+
+
+def test_missing_checkpoint_names_the_path(tmp_path):
+    with pytest.raises(CheckpointError, match="nope.pth: no such file"):
+        read_state_dict(tmp_path / "nope.pth")
+
+
+def test_garbage_checkpoint_names_the_path_and_reason(tmp_path):
+    path = tmp_path / "garbage.pth"
+    path.write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match="garbage.pth: cannot read checkpoint"):
+        read_state_dict(path)
+
+
+def test_a_dict_without_tensors_is_rejected_with_its_keys(tmp_path):
+    path = tmp_path / "meta_only.pth"
+    torch.save({"epoch": 3, "config": {"lr": 0.1}}, path)
+    with pytest.raises(CheckpointError, match="no state dict found"):
+        read_state_dict(path)
