@@ -31,9 +31,12 @@ def machine_line() -> str:
         pass
     import torch
 
+    # Timings mean little on a busy machine; the load average says how busy it was.
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     return (
         f"{cpu}; {os.cpu_count()} cores; torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads); Python {platform.python_version()}"
+        f"({torch.get_num_threads()} threads); Python {platform.python_version()}; "
+        f"load average at start {load}"
     )
 
 

@@ -11,12 +11,14 @@ from spatiotemporal.models.registry import count_parameters, create_model, get_s
 
 
 
-def video_flops_per_view(model: torch.nn.Module) -> int:
+def video_gflops_per_view(model: torch.nn.Module) -> float:
+    """Multiply-adds per test view, in billions: the papers' "GFLOPs" convention (half of the
+    FLOPs torch's counter reports, which counts a multiply-add as two)."""
     spec = model.spec
     clip = torch.empty(1, spec.in_channels, spec.num_frames, spec.crop_size, spec.crop_size, device="meta")
     with FlopCounterMode(display=False) as counter:
         model(clip)
-    return counter.get_total_flops()
+    return counter.get_total_flops() / 2 / 1e9
 
 
 def describe_model(name: str, flops: bool = True) -> dict[str, Any]:
@@ -26,7 +28,7 @@ def describe_model(name: str, flops: bool = True) -> dict[str, Any]:
     gflops = None
     if flops and spec.family == "video" and spec.num_frames and spec.crop_size:
         try:
-            gflops = video_flops_per_view(model) / 1e9
+            gflops = video_gflops_per_view(model)
         except (NotImplementedError, RuntimeError):
             gflops = None  # an op without a meta kernel; the table shows '-'
     if spec.family == "video":

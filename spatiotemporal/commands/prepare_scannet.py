@@ -1,0 +1,147 @@
+"""`spatiotemporal prepare scannet RAW OUT`: ScanNet v2 raw scenes -> the Pointcept-style layout
+`OUT/{split}/{scene}/coord.npy, color.npy, normal.npy, segment20.npy, instance.npy`.
+
+Scenes run as Ray tasks. A scene is written to a temporary folder and renamed into place when
+complete, so a finished folder means a finished scene and a rerun skips it. Scenes that fail are
+listed in `OUT/failures.csv` (scene, path, reason) and the job goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "preprocess ScanNet v2 raw scenes into the Pointcept layout (Ray, resumable, failure list)"
+
+SPLITS = ("train", "val", "test")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("raw", help="ScanNet root: scene folders in RAW/scans/ or RAW/ itself")
+    parser.add_argument("out", help="output root of the preprocessed layout")
+    parser.add_argument(
+        "--splits-from",
+        default=None,
+        help="folder with scannetv2_{train,val,test}.txt (default: RAW if it has them, else the official lists)",
+    )
+    parser.add_argument("--workers", type=int, default=None, help="Ray CPUs (default: all)")
+
+
+def find_scenes(raw: Path) -> list[Path]:
+    root = raw / "scans" if (raw / "scans").is_dir() else raw
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("scene"))
+
+
+def scene_splits(raw: Path, splits_from: Path | None) -> dict[str, str]:
+    """scene id -> split. Split files next to the data win over the official lists, because
+    custom or synthetic data reuses official scene ids."""
+    from spatiotemporal.data.scannet import read_split_file, split_scenes
+
+    folder = splits_from or raw
+    local = {s: folder / f"scannetv2_{s}.txt" for s in SPLITS}
+    mapping: dict[str, str] = {}
+    if any(f.is_file() for f in local.values()):
+        for split, file in local.items():
+            if file.is_file():
+                mapping.update({scene: split for scene in read_split_file(file)})
+    else:
+        for split in SPLITS:
+            mapping.update({scene: split for scene in split_scenes(split)})
+    return mapping
+
+
+def process_scene(scene_dir: str, out_scene_dir: str) -> str | None:
+    """Preprocess one scene; returns None on success or the reason it failed."""
+    import os
+    import shutil
+
+    from spatiotemporal.data.scannet import preprocess_raw_scene
+    from spatiotemporal.io.errors import InputError
+    from spatiotemporal.io.points import write_preprocessed
+
+    final = Path(out_scene_dir)
+    temporary = final.parent / f".{final.name}.partial"
+    try:
+        cloud = preprocess_raw_scene(scene_dir)
+        shutil.rmtree(temporary, ignore_errors=True)
+        write_preprocessed(temporary, cloud)
+        os.replace(temporary, final)
+        return None
+    except InputError as error:
+        return error.reason if error.path == os.fspath(scene_dir) else f"{Path(error.path).name}: {error.reason}"
+    except Exception as error:  # a job records every scene it could not finish and goes on
+        return f"{type(error).__name__}: {error}"
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+
+
+def write_failures(out: Path, failures: list[tuple[str, str, str]]) -> Path:
+    import csv
+
+    path = out / "failures.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["scene", "path", "reason"])
+        writer.writerows(sorted(failures))
+    return path
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    import ray
+    from tqdm import tqdm
+
+    raw, out = Path(args.raw), Path(args.out)
+    if not raw.is_dir():
+        raise SystemExit(f"{raw}: not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    splits = scene_splits(raw, Path(args.splits_from) if args.splits_from else None)
+
+    failures: list[tuple[str, str, str]] = []
+    failed_in_run = 0
+    todo: list[tuple[Path, Path]] = []
+    skipped = 0
+    for scene_dir in find_scenes(raw):
+        split = splits.get(scene_dir.name)
+        if split is None:
+            failures.append((scene_dir.name, str(scene_dir), "not listed in any scannetv2_{train,val,test}.txt"))
+            continue
+        target = out / split / scene_dir.name
+        if (target / "coord.npy").is_file():
+            skipped += 1
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        todo.append((scene_dir, target))
+
+    started_ray = not ray.is_initialized()
+    if started_ray and todo:
+        # Join a cluster only when asked to (RAY_ADDRESS); otherwise start a private one rather
+        # than attach to whatever cluster another job on this machine left running.
+        address = os.environ.get("RAY_ADDRESS") or "local"
+        cpus = None if address != "local" else args.workers
+        ray.init(address=address, num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    try:
+        task = ray.remote(num_cpus=1)(process_scene)
+        pending = {task.remote(str(s), str(t)): s for s, t in todo}
+        with tqdm(total=len(pending), desc="scannet scenes", unit="scene") as bar:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                scene_dir = pending.pop(done[0])
+                try:
+                    reason = ray.get(done[0])
+                except ray.exceptions.RayError as error:  # the worker died (e.g. out of memory)
+                    reason = f"worker failed: {type(error).__name__}: {str(error).splitlines()[0]}"
+                if reason is not None:
+                    failures.append((scene_dir.name, str(scene_dir), reason))
+                    failed_in_run += 1
+                bar.update(1)
+    finally:
+        if started_ray and ray.is_initialized():
+            ray.shutdown()
+
+    failure_file = write_failures(out, failures)
+    written = len(todo) - failed_in_run
+    print(f"prepared {written} scenes, skipped {skipped} already done, {len(failures)} failed (see {failure_file})")
+    # Non-zero when anything failed, so scripts notice; everything else is written regardless.
+    return 0 if not failures else 1
