@@ -1,0 +1,51 @@
+"""`spatiotemporal probe PATH... [--json]`: metadata per video, or the reason it cannot be read."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "print video metadata per file (or why a file is unreadable); exit 1 if any file failed"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="video files")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line instead of text")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="read only the container and the first frame (default: decode every frame, to find damage)",
+    )
+
+
+def _text(metadata) -> str:
+    count = f"{metadata.num_frames}{' (derived)' if metadata.frame_count_derived else ''}"
+    rate = f"{metadata.fps:.3f} fps{' (variable)' if metadata.variable_frame_rate else ''}"
+    rotation = f", rotated {metadata.rotation}" if metadata.rotation else ""
+    audio = "audio" if metadata.has_audio else "no audio"
+    return (
+        f"{metadata.path}: {metadata.codec} {metadata.width}x{metadata.height}{rotation}, "
+        f"{count} frames, {rate}, {metadata.duration:.3f} s, {audio}"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import sys
+
+    from spatiotemporal.io.errors import InputError
+    from spatiotemporal.io.video import probe_video
+
+    failed = 0
+    for path in args.paths:
+        try:
+            metadata = probe_video(path, check_decode=not args.quick)
+        except InputError as error:
+            failed += 1
+            if args.json:
+                record = {"path": error.path, "error": error.reason}
+                print(json.dumps(record), flush=True)
+            else:
+                print(f"{error.path}: ERROR: {error.reason}", file=sys.stderr, flush=True)
+            continue
+        print(json.dumps(metadata.as_dict()) if args.json else _text(metadata), flush=True)
+    return 1 if failed else 0

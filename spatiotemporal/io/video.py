@@ -1,0 +1,811 @@
+"""One video reader over three decoders (decord, PyAV, torchcodec) that all return the same frames.
+
+Frames come out as uint8 tensors shaped (T, H, W, C), in display orientation (rotation metadata
+applied) and optionally resized so the short side has a given length.
+
+Why the work is split the way it is:
+- Frame indices mean "the i-th frame in presentation order", taken from one demux pass over the
+  container (`_scan_packets`). Every backend is checked against that count, so an index selects the
+  same picture whichever decoder serves it.
+- Colour conversion is left to each decoder's plain rgb24 path (swscale without resizing), which
+  is bit-identical across the three libraries. Resizing is not: each library carries a different
+  swscale build and flags. So resizing happens once, here, in torch, after decode.
+- decord and torchcodec rotate by themselves; PyAV does not, so its frames are rotated here.
+- A keyframe is only a safe place to start decoding if it decodes on its own. That is checked
+  once per file (one keyframe decoded after a seek); where it fails, decoders that cannot be
+  fixed read forward from the first keyframe instead, and decord (which always seeks) is refused.
+  The case met in practice is old x264 streams whose bug workaround ffmpeg enables only after
+  reading x264's SEI in the first packet (`_decoder_options`).
+- decord leaks memory across `get_batch` calls unless the reader is rewound (`seek(0)`), and it
+  can hang on some files, so every decord call runs under a per-file timeout in a daemon thread;
+  on timeout or error the reader falls back to PyAV (backend "auto") or raises.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any, TypeVar
+
+import av
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from spatiotemporal.io.errors import VideoDecodeError
+
+BACKENDS = ("auto", "decord", "pyav", "torchcodec")
+
+# Frames per step in whole-video reads: bounds the full-resolution copies alive at once.
+_CHUNK = 32
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class VideoMetadata:
+    """What a video is, as a viewer would see it."""
+
+    path: str
+    num_frames: int
+    fps: float  # average frame rate
+    variable_frame_rate: bool
+    duration: float  # seconds, of the video stream
+    width: int  # as displayed, i.e. after rotation
+    height: int
+    rotation: int  # clockwise degrees applied for display: 0, 90, 180 or 270
+    codec: str
+    has_audio: bool
+    frame_count_derived: bool  # True when the container declared no frame count
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class _FrameIndex:
+    """Presentation timestamps of every frame, and of the keyframes, from one demux pass."""
+
+    pts: np.ndarray  # int64, sorted, in stream time_base units
+    keyframe_pts: np.ndarray  # int64, sorted: the container's keyframes
+    time_base: Fraction
+    has_all_pts: bool  # False when some packets carry no timestamp (then decode by order)
+    packet_durations: np.ndarray  # int64, per frame in presentation order
+    x264_build: int | None  # from the encoder's SEI in the first packet, when x264 wrote it
+
+    def seek_points(self, seekable: bool) -> np.ndarray:
+        """Where decoding may start: every keyframe, or only the first when the later ones do
+        not decode on their own (then every read decodes forward from the start)."""
+        return self.keyframe_pts if seekable else self.keyframe_pts[:1]
+
+
+# --------------------------------------------------------------------------------------------
+# Probing
+# --------------------------------------------------------------------------------------------
+
+
+def _check_file(path: str) -> None:
+    if not os.path.exists(path):
+        raise VideoDecodeError(path, "file does not exist")
+    if not os.path.isfile(path):
+        raise VideoDecodeError(path, "not a regular file")
+    if os.path.getsize(path) == 0:
+        raise VideoDecodeError(path, "file is empty (0 bytes)")
+
+
+def _open_container(path: str) -> av.container.InputContainer:
+    try:
+        return av.open(path, metadata_errors="ignore")
+    except av.error.FFmpegError as error:
+        reason = _mp4_structure_problem(path) or "not a readable media container"
+        raise VideoDecodeError(path, f"{reason} ({_ffmpeg_reason(error)})")
+
+
+def _mp4_structure_problem(path: str) -> str | None:
+    """Why an MP4/MOV that ffmpeg refuses is broken, from its top-level boxes; None if not MP4.
+
+    ffmpeg only says "invalid data" for a download cut short; the box sizes tell how it was cut.
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        if f.read(8)[4:8] != b"ftyp":
+            return None
+        position, kinds = 0, []
+        while position + 8 <= size:
+            f.seek(position)
+            header = f.read(16)
+            length, kind = int.from_bytes(header[:4], "big"), header[4:8].decode("latin-1")
+            if length == 1:
+                length = int.from_bytes(header[8:16], "big")
+            elif length == 0:
+                length = size - position
+            if length < 8:
+                return f"malformed MP4: box '{kind}' at byte {position} has size {length}"
+            if position + length > size:
+                return (
+                    f"truncated MP4: box '{kind}' at byte {position} needs {length} bytes, "
+                    f"the file ends after {size - position}"
+                )
+            kinds.append(kind)
+            position += length
+    if "moov" not in kinds:
+        return "MP4 without its 'moov' index box (cut short or never finalised)"
+    return None
+
+
+def _ffmpeg_reason(error: Exception) -> str:
+    return getattr(error, "strerror", None) or str(error)
+
+
+def _video_stream(container: av.container.InputContainer, path: str) -> av.video.stream.VideoStream:
+    if not container.streams.video:
+        kinds = sorted({s.type for s in container.streams}) or ["no streams"]
+        detail = "audio only" if kinds == ["audio"] else ", ".join(kinds)
+        raise VideoDecodeError(path, f"no video stream ({detail})")
+    return container.streams.video[0]
+
+
+def _scan_packets(container: av.container.InputContainer, stream, path: str) -> tuple[_FrameIndex, int]:
+    """Demux (no decoding) the video stream: timestamps, keyframes, and the end of the last frame."""
+    pts: list[int] = []
+    durations: list[int] = []
+    keys: list[int] = []
+    end = None
+    missing_pts = False
+    x264_build = None
+    try:
+        for packet in container.demux(stream):
+            if packet.size == 0:  # the flush packet at end of stream
+                continue
+            if not pts and stream.codec_context.name == "h264":
+                found = re.search(rb"x264 - core (\d+)", bytes(packet))
+                x264_build = int(found.group(1)) if found else None
+            stamp = packet.pts if packet.pts is not None else packet.dts
+            if stamp is None:
+                missing_pts = True
+                stamp = len(pts)
+            pts.append(stamp)
+            durations.append(int(packet.duration or 0))
+            if packet.is_keyframe:
+                keys.append(stamp)
+            if packet.duration:
+                end = max(end or stamp, stamp + packet.duration)
+    except av.error.FFmpegError as error:
+        raise VideoDecodeError(
+            path,
+            f"container data is unreadable after {len(pts)} packets ({_ffmpeg_reason(error)})",
+            decoded_frames=_count_decodable(path),
+        )
+    stamps = np.asarray(pts, dtype=np.int64)
+    ranking = np.argsort(stamps, kind="stable")
+    order = stamps[ranking]
+    index = _FrameIndex(
+        pts=order,
+        keyframe_pts=np.sort(np.asarray(keys or order[:1], dtype=np.int64)),
+        time_base=stream.time_base or Fraction(1, 1),
+        has_all_pts=not missing_pts and len(np.unique(order)) == len(order),
+        packet_durations=np.asarray(durations, dtype=np.int64)[ranking],
+        x264_build=x264_build,
+    )
+    return index, (end if end is not None else (int(order[-1]) if len(order) else 0))
+
+
+def _count_decodable(path: str) -> int:
+    """How many frames decode, in order, before the first error (single-threaded, deterministic)."""
+    count = 0
+    try:
+        with av.open(path, metadata_errors="ignore") as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "NONE"
+            for _ in container.decode(stream):
+                count += 1
+    except (av.error.FFmpegError, IndexError):
+        pass
+    return count
+
+
+def _is_variable_rate(index: _FrameIndex) -> bool:
+    if len(index.pts) < 3:
+        return False
+    steps = np.diff(index.pts)
+    typical = float(np.median(steps))
+    # Containers with coarse clocks (mkv counts milliseconds) jitter by a tick: 33, 33, 34 ms is
+    # still 30 fps. Anything beyond two ticks and 5% of a frame is a real change of rate.
+    tolerance = max(2.0, 0.05 * typical)
+    return bool(np.abs(steps - typical).max() > tolerance)
+
+
+def _probe(path: str) -> tuple[VideoMetadata, _FrameIndex]:
+    path = os.fspath(path)
+    _check_file(path)
+    container = _open_container(path)
+    try:
+        stream = _video_stream(container, path)
+        declared = int(stream.frames or 0)
+        codec = stream.codec_context.name
+        has_audio = bool(container.streams.audio)
+        stored_w, stored_h = stream.codec_context.width, stream.codec_context.height
+        container_duration = container.duration / av.time_base if container.duration else None
+        stream_duration = float(stream.duration * stream.time_base) if stream.duration else None
+        average_rate = stream.average_rate
+        first = _first_frame(container, stream, path)
+        rotation = int(round(-(first.rotation or 0))) % 360
+        container.seek(0)
+        index, end_pts = _scan_packets(container, stream, path)
+    finally:
+        container.close()
+    count = len(index.pts)
+    if count == 0:
+        raise VideoDecodeError(path, "video stream holds no frames", decoded_frames=0)
+    if declared and count < declared:
+        raise VideoDecodeError(
+            path,
+            f"truncated: the container declares {declared} frames but holds data for {count}",
+            decoded_frames=_count_decodable(path),
+        )
+    tb = float(index.time_base)
+    if stream_duration is None:
+        stream_duration = (end_pts - int(index.pts[0])) * tb if end_pts > index.pts[0] else None
+    if average_rate:
+        fps = float(average_rate)
+    elif stream_duration:
+        fps = count / stream_duration
+    else:
+        fps = float("nan")
+    if stream_duration is None:
+        stream_duration = count / fps if fps == fps else (container_duration or 0.0)
+    width, height = (stored_h, stored_w) if rotation in (90, 270) else (stored_w, stored_h)
+    metadata = VideoMetadata(
+        path=path,
+        num_frames=count,
+        fps=fps,
+        variable_frame_rate=_is_variable_rate(index),
+        duration=float(stream_duration),
+        width=width,
+        height=height,
+        rotation=rotation,
+        codec=codec,
+        has_audio=has_audio,
+        frame_count_derived=declared == 0,
+    )
+    return metadata, index
+
+
+def _first_frame(container, stream, path: str) -> av.VideoFrame:
+    try:
+        for frame in container.decode(stream):
+            return frame
+    except av.error.FFmpegError as error:
+        raise VideoDecodeError(path, f"the first frame does not decode ({_ffmpeg_reason(error)})", 0)
+    raise VideoDecodeError(path, "video stream holds no decodable frames", decoded_frames=0)
+
+
+def probe_video(path: str | os.PathLike, check_decode: bool = False) -> VideoMetadata:
+    """Metadata of a video; raises VideoDecodeError (naming path and reason) when it is unusable.
+
+    By default only the container and the first frame are read. `check_decode` decodes every
+    frame, which is what it takes to find damage in the middle of a stream.
+    """
+    metadata = _probe(os.fspath(path))[0]
+    if check_decode:
+        _check_every_frame_decodes(metadata)
+    return metadata
+
+
+def _check_every_frame_decodes(metadata: VideoMetadata) -> None:
+    count = 0
+    with av.open(metadata.path, metadata_errors="ignore") as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        try:
+            for _ in container.decode(stream):
+                count += 1
+        except av.error.FFmpegError as error:
+            # Frame threading loses frames in flight; recount in order for a stable answer.
+            raise VideoDecodeError(
+                metadata.path, f"decoding failed ({_ffmpeg_reason(error)})", _count_decodable(metadata.path)
+            )
+    if count < metadata.num_frames:
+        raise VideoDecodeError(
+            metadata.path, f"only {count} of {metadata.num_frames} frames decode", decoded_frames=count
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Shared post-processing: rotation and resizing happen here, once, for every backend.
+# --------------------------------------------------------------------------------------------
+
+
+def rotate_frames(frames: torch.Tensor, rotation: int) -> torch.Tensor:
+    """Rotate (T, H, W, C) frames clockwise by `rotation` degrees."""
+    if rotation % 360 == 0:
+        return frames
+    return torch.rot90(frames, k=-(rotation // 90), dims=(1, 2)).contiguous()
+
+
+def short_side_size(height: int, width: int, short_side: int) -> tuple[int, int]:
+    """Output (height, width) with the short side at `short_side`, the long side truncated like
+    torchvision's Resize."""
+    if height <= width:
+        return short_side, int(short_side * width / height)
+    return int(short_side * height / width), short_side
+
+
+def resize_short_side(frames: torch.Tensor, short_side: int) -> torch.Tensor:
+    """Resize uint8 (T, H, W, C) frames (bilinear with antialias, like torchvision)."""
+    height, width = frames.shape[1:3]
+    size = short_side_size(height, width, short_side)
+    if size == (height, width):
+        return frames
+    chw = rearrange(frames, "t h w c -> t c h w")
+    out = F.interpolate(chw, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return rearrange(out, "t c h w -> t h w c").contiguous()
+
+
+# --------------------------------------------------------------------------------------------
+# Backends. Each decodes sorted unique frame indices to full-resolution rgb24 frames.
+# --------------------------------------------------------------------------------------------
+
+
+class _DecodeTimeout(Exception):
+    pass
+
+
+def _call_with_timeout(function: Callable[[], T], timeout_s: float) -> T:
+    """Run `function` in a daemon thread; a hung native call is abandoned, never waited on.
+
+    A daemon thread (not a pool) so a decoder stuck forever cannot keep the interpreter alive.
+    decord's FFI releases the GIL, so the waiting thread keeps running.
+    """
+    result: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            result["value"] = function()
+        except BaseException as error:  # handed to the caller's thread
+            result["error"] = error
+
+    worker = threading.Thread(target=target, name="decord-call", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise _DecodeTimeout(f"decord did not answer within {timeout_s:g} s")
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
+class _BackendUnusable(Exception):
+    """The backend opens the file but cannot be trusted to return its frames."""
+
+
+_FileKey = tuple[str, int, int]
+# Per-file answers that cost a decode to find out, kept for the life of the process.
+_DECORD_AGREES: dict[_FileKey, bool] = {}
+
+
+def _file_key(path: str) -> _FileKey:
+    stat = os.stat(path)
+    return os.path.realpath(path), stat.st_size, stat.st_mtime_ns
+
+
+def _remember(cache: dict[_FileKey, T], key: _FileKey, compute: Callable[[], T]) -> T:
+    if key not in cache:
+        if len(cache) > 100_000:
+            cache.clear()
+        cache[key] = compute()
+    return cache[key]
+
+
+def _decoder_options(index: _FrameIndex) -> dict[str, str]:
+    """Tell ffmpeg's h264 decoder which x264 wrote the stream.
+
+    ffmpeg works around bugs of old x264 builds (4:4:4 intra prediction before core 151) only
+    after it has read x264's version SEI, which sits in the first packet. A decoder that seeks
+    straight to a later keyframe never sees it and silently decodes garbage: cockatoo.mp4
+    (core 142, High 4:4:4) does exactly this at its IDR frames 76 and 145.
+    """
+    return {"x264_build": str(index.x264_build)} if index.x264_build is not None else {}
+
+
+def _keyframes_decode_alone(path: str, index: _FrameIndex, options: dict[str, str]) -> bool:
+    """Whether a later keyframe decodes cleanly right after a seek, with these decoder options.
+
+    Readers that seek to a keyframe which does not decode on its own return wrong pixels without
+    an error; for such files decoding starts at the first keyframe instead.
+    """
+    if len(index.keyframe_pts) < 2:
+        return True
+    probe = int(index.keyframe_pts[len(index.keyframe_pts) // 2])
+    with av.open(path, metadata_errors="ignore") as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "NONE"
+        stream.codec_context.options = dict(options)
+        container.seek(probe, stream=stream, backward=True, any_frame=False)
+        try:
+            for frame in container.decode(stream):
+                if frame.pts is not None and frame.pts >= probe:
+                    return frame.pts == probe and not frame.is_corrupt
+        except av.error.FFmpegError:
+            return False
+    return False
+
+
+@dataclass(frozen=True)
+class _Seekability:
+    plain: bool  # for decoders we cannot pass options to (decord, torchcodec)
+    with_options: bool  # for PyAV, which gets `_decoder_options`
+
+
+def _seekability(path: str, index: _FrameIndex) -> _Seekability:
+    plain = _keyframes_decode_alone(path, index, {})
+    options = _decoder_options(index)
+    with_options = plain or (bool(options) and _keyframes_decode_alone(path, index, options))
+    return _Seekability(plain, with_options)
+
+
+_SEEKABILITY: dict[_FileKey, _Seekability] = {}
+
+
+class _DecordBackend:
+    name = "decord"
+    rotates = True
+
+    def __init__(self, path: str, metadata: VideoMetadata, index: _FrameIndex, seekable: bool, timeout_s: float):
+        import decord
+
+        if not seekable:
+            raise _BackendUnusable(
+                "its later keyframes do not decode on their own (decord cannot be told the x264 "
+                "build ffmpeg needs) and decord always seeks to them"
+            )
+        self.timeout_s = timeout_s
+        self._next = 0  # the frame decord's position is at after the last read
+        self.reader = _call_with_timeout(
+            lambda: decord.VideoReader(path, ctx=decord.cpu(0), num_threads=0), timeout_s
+        )
+        if len(self.reader) != metadata.num_frames:
+            raise _BackendUnusable(
+                f"decord indexes {len(self.reader)} frames, the container holds {metadata.num_frames}"
+            )
+        agrees = lambda: self._seeks_like_pyav(path, metadata, index)  # noqa: E731
+        if not _remember(_DECORD_AGREES, _file_key(path), agrees):
+            raise _BackendUnusable("decord returns wrong pixels after seeking to a keyframe in this file")
+
+    def _seeks_like_pyav(self, path: str, metadata: VideoMetadata, index: _FrameIndex) -> bool:
+        """decord's own seeking goes wrong on some streams where ffmpeg's is right (x265 open
+        GOPs): compare one keyframe reached by a seek with PyAV's decode of it."""
+        keys = [int(k) for k in self.reader.get_key_indices()]
+        if len(keys) < 2:
+            return True
+        probe = np.asarray([keys[len(keys) // 2]])
+        ours = self.decode(probe)
+        reference = _PyAVBackend(path, metadata, index, seekable=_seekability(path, index).with_options)
+        try:
+            theirs = rotate_frames(reference.decode(probe), metadata.rotation)
+        finally:
+            reference.close()
+        return torch.equal(ours, theirs)
+
+    def decode(self, indices: np.ndarray) -> torch.Tensor:
+        reader = self.reader
+        # Rewinding releases decord's cached packets and frames, its known leak across reads. A
+        # read that picks up where the last one stopped (chunked sequential decode) skips it:
+        # rewinding would make decord decode again from the keyframe, quadratic over a file.
+        rewind = int(indices[0]) != self._next
+
+        def read() -> np.ndarray:
+            if rewind:
+                reader.seek(0)
+            return reader.get_batch(indices.tolist()).asnumpy()
+
+        batch = _call_with_timeout(read, self.timeout_s)
+        self._next = int(indices[-1]) + 1
+        return torch.from_numpy(batch)
+
+    def close(self) -> None:
+        # Free the native decoder now, not when the object is collected: after a failed read it
+        # sits in a reference cycle (exception -> traceback -> frame), and if that cycle is
+        # collected inside a forked DataLoader worker, decord's destructor segfaults there.
+        reader, self.reader = self.reader, None
+        if reader is not None and getattr(reader, "_handle", None) is not None:
+            reader.__del__()
+            reader._handle = None
+
+
+class _TorchCodecBackend:
+    """torchcodec is handed our frame index instead of scanning the file again, so frame i is
+    the same picture as for the other backends, and the index names only the keyframes it may
+    seek to. (Its `metadata` then still estimates the count from the header; it is not used.)"""
+
+    name = "torchcodec"
+    rotates = True
+
+    def __init__(self, path: str, metadata: VideoMetadata, index: _FrameIndex, seekable: bool):
+        from torchcodec.decoders import VideoDecoder
+
+        keys = set(index.seek_points(seekable).tolist())
+        durations = index.packet_durations
+        mappings = {
+            "frames": [
+                {"pts": int(p), "duration": int(d), "key_frame": int(int(p) in keys)}
+                for p, d in zip(index.pts, durations)
+            ]
+        }
+        self.decoder = VideoDecoder(
+            path,
+            dimension_order="NHWC",
+            seek_mode="exact",
+            num_ffmpeg_threads=0,
+            custom_frame_mappings=json.dumps(mappings),
+        )
+
+    def decode(self, indices: np.ndarray) -> torch.Tensor:
+        return self.decoder.get_frames_at(indices.tolist()).data
+
+    def close(self) -> None:
+        self.decoder = None
+
+
+class _PyAVBackend:
+    """Decodes forward from the seek point before each wanted frame, matching frames by
+    presentation timestamp; keeps decoding without a seek while that is no slower. Falls back to
+    counting frames from the start when timestamps are missing or do not match the demuxed ones."""
+
+    name = "pyav"
+    rotates = False
+
+    def __init__(self, path: str, metadata: VideoMetadata, index: _FrameIndex, seekable: bool):
+        self.path = path
+        self.index = index
+        self.seek_points = index.seek_points(seekable)
+        self.container = _open_container(path)
+        self.stream = _video_stream(self.container, path)
+        self.stream.thread_type = "AUTO"
+        self.stream.codec_context.options = _decoder_options(index)
+        self._decoded = None  # the live frame iterator, positioned after `self._last`
+        self._last: int | None = None
+
+    def decode(self, indices: np.ndarray) -> torch.Tensor:
+        frames = self._decode_by_pts(indices) if self.index.has_all_pts else None
+        if frames is None:
+            frames = self._decode_in_order(indices)
+        return torch.from_numpy(np.stack(frames))
+
+    def _frames(self):
+        """Decoded frames; ffmpeg errors become VideoDecodeError with how far the file decodes."""
+        try:
+            yield from self.container.decode(self.stream)
+        except av.error.FFmpegError as error:
+            raise VideoDecodeError(
+                self.path, f"decoding failed ({_ffmpeg_reason(error)})", _count_decodable(self.path)
+            )
+
+    def _seek_point(self, stamp: int) -> int:
+        return int(self.seek_points[max(np.searchsorted(self.seek_points, stamp, side="right") - 1, 0)])
+
+    def _decode_by_pts(self, indices: np.ndarray) -> list[np.ndarray] | None:
+        pts = self.index.pts
+        wanted = pts[indices]
+        found: list[np.ndarray] = []
+        while len(found) < len(wanted):
+            target = int(wanted[len(found)])
+            start = self._seek_point(target)
+            # Decoding on is cheaper than seeking unless the target lies behind us or past a seek point.
+            fresh = self._decoded is None or self._last is None or target <= self._last or start > self._last
+            if fresh:
+                self.container.seek(start, stream=self.stream, backward=True, any_frame=False)
+                self._decoded, self._last = self._frames(), None
+            for frame in self._decoded:
+                stamp = frame.pts
+                if stamp is None or (fresh and self._last is None and stamp > target):
+                    self._decoded = None
+                    return None  # the seek overshot or timestamps are missing: count instead
+                slot = int(np.searchsorted(pts, stamp))
+                if slot >= len(pts) or pts[slot] != stamp:
+                    self._decoded = None
+                    return None  # decoded timestamps differ from demuxed ones
+                self._last = stamp
+                if stamp == target:
+                    found.append(frame.to_ndarray(format="rgb24"))
+                    if len(found) == len(wanted):
+                        break
+                    target = int(wanted[len(found)])
+                    if self._seek_point(target) > stamp:
+                        break  # a seek point lies between here and the next wanted frame
+            else:
+                self._decoded = None
+                raise VideoDecodeError(
+                    self.path,
+                    f"the stream ends before frame {int(indices[len(found)])}",
+                    _count_decodable(self.path),
+                )
+        return found
+
+    def _decode_in_order(self, indices: np.ndarray) -> list[np.ndarray]:
+        self._decoded, self._last = None, None
+        self.container.seek(0)
+        wanted = {int(i): slot for slot, i in enumerate(indices)}
+        out: list[np.ndarray | None] = [None] * len(indices)
+        last = int(indices[-1])
+        count = -1
+        for count, frame in enumerate(self._frames()):
+            if count in wanted:
+                out[wanted[count]] = frame.to_ndarray(format="rgb24")
+            if count >= last:
+                return out  # type: ignore[return-value]
+        raise VideoDecodeError(self.path, f"the stream ends before frame {last}", count + 1)
+
+    def close(self) -> None:
+        self._decoded = None
+        self.container.close()
+
+
+# --------------------------------------------------------------------------------------------
+# The reader
+# --------------------------------------------------------------------------------------------
+
+
+class VideoReader:
+    """Random access to the frames of one video file.
+
+    backend: "auto" (decord, falling back to PyAV when decord fails or hangs on the file),
+    "decord", "pyav" or "torchcodec". `short_side` resizes frames after decode. `timeout_s`
+    bounds every decord call on the file.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        backend: str = "auto",
+        short_side: int | None = None,
+        timeout_s: float = 30.0,
+    ):
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if short_side is not None and short_side <= 0:
+            raise ValueError(f"short_side must be positive, got {short_side}")
+        self.path = os.fspath(path)
+        self.requested_backend = backend
+        self.short_side = short_side
+        self.timeout_s = timeout_s
+        self.metadata, self._index = _probe(self.path)
+        self._seekable = _remember(_SEEKABILITY, _file_key(self.path), lambda: _seekability(self.path, self._index))
+        self._backend = self._open_backend(backend)
+
+    @property
+    def backend(self) -> str:
+        """The backend actually serving frames (after any fallback)."""
+        return self._backend.name
+
+    def _pyav(self) -> _PyAVBackend:
+        return _PyAVBackend(self.path, self.metadata, self._index, self._seekable.with_options)
+
+    def _open_backend(self, backend: str):
+        if backend == "pyav":
+            return self._pyav()
+        if backend == "torchcodec":
+            try:
+                return _TorchCodecBackend(self.path, self.metadata, self._index, self._seekable.plain)
+            except VideoDecodeError:
+                raise
+            except Exception as error:
+                raise VideoDecodeError(self.path, f"torchcodec cannot be used on it: {_short(error)}")
+        try:
+            return _DecordBackend(self.path, self.metadata, self._index, self._seekable.plain, self.timeout_s)
+        except VideoDecodeError:
+            raise
+        except Exception as error:
+            if backend == "decord":
+                raise VideoDecodeError(self.path, f"decord cannot be used on it: {_short(error)}")
+            self._warn_fallback(error)
+            return self._pyav()
+
+    def _warn_fallback(self, error: BaseException) -> None:
+        warnings.warn(
+            f"{self.path}: decord failed ({_short(error)}); decoding with PyAV instead",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+    def __len__(self) -> int:
+        return self.metadata.num_frames
+
+    def frame_timestamps(self) -> np.ndarray:
+        """Presentation time in seconds of every frame, in index order (for VFR-aware sampling)."""
+        return self._index.pts.astype(np.float64) * float(self._index.time_base)
+
+    def get_frames(self, indices: Sequence[int]) -> torch.Tensor:
+        """uint8 (T, H, W, C) frames at `indices` (any order, repeats allowed), as displayed."""
+        wanted = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if wanted.size == 0:
+            raise ValueError("get_frames needs at least one index")
+        count = len(self)
+        if wanted.min() < 0 or wanted.max() >= count:
+            bad = int(wanted[(wanted < 0) | (wanted >= count)][0])
+            raise IndexError(f"{self.path}: frame {bad} is out of range [0, {count})")
+        unique, inverse = np.unique(wanted, return_inverse=True)
+        frames = self._decode(unique)
+        if not self._backend.rotates:
+            frames = rotate_frames(frames, self.metadata.rotation)
+        if self.short_side is not None:
+            frames = resize_short_side(frames, self.short_side)
+        if len(unique) != len(wanted) or not np.array_equal(unique, wanted):
+            frames = frames[torch.from_numpy(inverse)]
+        return frames
+
+    def _decode(self, unique: np.ndarray) -> torch.Tensor:
+        try:
+            frames = self._backend.decode(unique)
+        except VideoDecodeError:
+            raise
+        except Exception as error:
+            if self.requested_backend != "auto" or self._backend.name != "decord":
+                reason = "timed out" if isinstance(error, _DecodeTimeout) else "decoding failed"
+                raise VideoDecodeError(
+                    self.path, f"{self._backend.name}: {reason} ({_short(error)})", _count_decodable(self.path)
+                )
+            self._warn_fallback(error)
+            self._backend.close()
+            self._backend = self._pyav()
+            frames = self._backend.decode(unique)
+        if frames.shape[0] != len(unique):
+            raise VideoDecodeError(
+                self.path, f"{self.backend} returned {frames.shape[0]} of {len(unique)} frames"
+            )
+        return frames
+
+    def read_all(self) -> torch.Tensor:
+        """Every frame, decoded and resized chunk by chunk so full-resolution copies stay small."""
+        parts = list(self.iter_chunks())
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+    def iter_chunks(self, chunk: int = _CHUNK) -> Iterator[torch.Tensor]:
+        """All frames in order, `chunk` at a time (sequential decode without holding the video)."""
+        for start in range(0, len(self), chunk):
+            yield self.get_frames(range(start, min(start + chunk, len(self))))
+
+    def close(self) -> None:
+        if getattr(self, "_backend", None) is not None:
+            self._backend.close()
+            self._backend = None
+
+    def __enter__(self) -> VideoReader:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        m = self.metadata
+        return (
+            f"VideoReader({self.path!r}, backend={self.backend!r}, frames={m.num_frames}, "
+            f"{m.width}x{m.height} @ {m.fps:.3g} fps)"
+        )
+
+
+def _short(error: BaseException) -> str:
+    """decord's messages nest C++ locations and stack traces; keep the last plain sentence."""
+    text = re.sub(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ", "", str(error))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith("Stack trace")]
+    return (lines[0] if lines else type(error).__name__)[:300]
+
+
+def read_video(path: str | os.PathLike, **reader_kwargs) -> torch.Tensor:
+    """Every frame of a video, uint8 (T, H, W, C), as displayed."""
+    with VideoReader(path, **reader_kwargs) as reader:
+        return reader.read_all()

@@ -1,0 +1,344 @@
+"""The video reader: metadata, frame-exact random access, rotation, resizing, VFR timestamps,
+identical frames from every backend, decord's known faults contained.
+
+The reference for pixels is the ffmpeg command-line tool (`-pix_fmt rgb24`, autorotation on),
+an independent decoder build from any of our three backends.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import video_fixtures as vf
+from spatiotemporal.io.errors import VideoDecodeError
+from spatiotemporal.io.video import VideoReader, probe_video, read_video, resize_short_side
+
+BACKENDS = ("decord", "pyav", "torchcodec")
+
+
+def ffmpeg_frames(path: Path, indices=None) -> torch.Tensor:
+    """Frames decoded by the ffmpeg CLI, streamed so only the wanted ones are kept."""
+    meta = probe_video(path)
+    frame_bytes = meta.width * meta.height * 3
+    wanted = None if indices is None else sorted(set(int(i) for i in indices))
+    command = ["ffmpeg", "-v", "error", "-i", str(path), "-map", "0:v:0", "-fps_mode", "passthrough"]
+    command += ["-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+    kept: dict[int, np.ndarray] = {}
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL) as process:
+        index = 0
+        while wanted is None or index <= wanted[-1]:
+            buffer = process.stdout.read(frame_bytes)
+            if len(buffer) < frame_bytes:
+                break
+            if wanted is None or index in wanted:
+                kept[index] = np.frombuffer(buffer, np.uint8).reshape(meta.height, meta.width, 3)
+            index += 1
+        process.kill()
+    order = range(index) if indices is None else indices
+    return torch.from_numpy(np.stack([kept[int(i)] for i in order]))
+
+
+def random_clips(count: int, num_frames: int, clip: int, stride: int, seed: int) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    span = clip * stride
+    return [list(range(s, s + span, stride)) for s in rng.integers(0, num_frames - span + 1, count)]
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory) -> dict[str, Path]:
+    """Small videos in other codecs and containers, made once for the module."""
+    out = tmp_path_factory.mktemp("videos")
+    videos = {
+        "h264_mp4": vf.h264_mp4(out / "h264.mp4"),
+        "vp9_webm": vf.vp9_webm(out / "vp9.webm"),
+        "mpeg4_avi": vf.mpeg4_avi(out / "mpeg4.avi"),
+        "vfr_mp4": vf.variable_rate_mp4(out / "vfr.mp4"),
+    }
+    if "libx265" in vf.encoders():
+        videos["hevc_mkv"] = vf.hevc_mkv(out / "hevc.mkv")
+    for degrees in (90, 180, 270):
+        videos[f"rotated_{degrees}"] = vf.with_rotation(videos["h264_mp4"], out / f"rot{degrees}.mp4", degrees)
+    return videos
+
+
+# ---------------------------------------------------------------------------------------------
+# Metadata
+# ---------------------------------------------------------------------------------------------
+
+
+def test_cockatoo_metadata_matches_its_header(video_dir):
+    meta = probe_video(video_dir / "cockatoo.mp4")
+    assert (meta.num_frames, meta.fps, meta.duration) == (280, 20.0, 14.0)
+    assert (meta.width, meta.height, meta.rotation, meta.codec) == (1280, 720, 0, "h264")
+    assert meta.has_audio and not meta.variable_frame_rate and not meta.frame_count_derived
+
+
+def test_mkv_without_a_frame_count_gets_one_derived(video_dir):
+    meta = probe_video(video_dir / "flipping_a_pancake.mkv")
+    assert meta.frame_count_derived
+    assert meta.num_frames == 310  # ffprobe -count_packets agrees
+    assert meta.fps == 30.0 and meta.duration == pytest.approx(10.333)
+    assert (meta.width, meta.height, meta.codec, meta.has_audio) == (426, 240, "h264", True)
+    # The mkv clock counts milliseconds (33, 33, 34 ms): jitter of a tick is not a variable rate.
+    assert not meta.variable_frame_rate
+
+
+def test_rotated_mov_is_described_as_displayed(video_dir):
+    meta = probe_video(video_dir / "rotated_90.mov")
+    assert (meta.width, meta.height, meta.rotation, meta.num_frames) == (320, 568, 90, 3)
+
+
+@pytest.mark.parametrize("name, codec", [("vp9_webm", "vp9"), ("mpeg4_avi", "mpeg4"), ("hevc_mkv", "hevc")])
+def test_generated_codecs_are_described(generated, name, codec):
+    if name not in generated:
+        pytest.skip("ffmpeg here has no libx265 encoder")
+    meta = probe_video(generated[name])
+    assert (meta.codec, meta.num_frames, meta.fps, meta.width, meta.height) == (codec, 24, 12.0, 128, 96)
+    assert meta.duration == pytest.approx(2.0)
+    assert meta.frame_count_derived == (name != "mpeg4_avi")  # webm and mkv headers carry no count
+
+
+# ---------------------------------------------------------------------------------------------
+# Pixels: every backend against ffmpeg
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pancake_every_frame_matches_ffmpeg(video_dir, backend):
+    path = video_dir / "flipping_a_pancake.mkv"
+    frames = read_video(path, backend=backend)
+    assert frames.dtype == torch.uint8 and frames.shape == (310, 240, 426, 3)
+    assert torch.equal(frames, ffmpeg_frames(path))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pancake_random_clips_match_ffmpeg(video_dir, backend):
+    path = video_dir / "flipping_a_pancake.mkv"
+    clips = random_clips(6, 310, clip=16, stride=4, seed=0)
+    reference = ffmpeg_frames(path)
+    with VideoReader(path, backend=backend) as reader:
+        assert reader.backend == backend
+        for indices in clips:
+            assert torch.equal(reader.get_frames(indices), reference[indices])
+
+
+@pytest.mark.parametrize("backend", ("pyav", "torchcodec"))
+def test_cockatoo_random_clips_match_ffmpeg(video_dir, backend):
+    path = video_dir / "cockatoo.mp4"
+    clips = random_clips(2, 280, clip=16, stride=4, seed=1)
+    reference = ffmpeg_frames(path, sorted({i for clip in clips for i in clip}))
+    position = {i: n for n, i in enumerate(sorted({i for clip in clips for i in clip}))}
+    with VideoReader(path, backend=backend) as reader:
+        for indices in clips:
+            assert torch.equal(reader.get_frames(indices), reference[[position[i] for i in indices]])
+
+
+def test_x264_stream_needing_the_encoder_sei_decodes_right_after_seeks(video_dir):
+    """cockatoo.mp4 is High 4:4:4 from x264 core 142. ffmpeg applies its workaround for that
+    build's 4:4:4 bug only after reading x264's SEI in packet 0, so any decoder that seeks straight
+    to the IDR frames at 76 or 145 returns garbage, silently. PyAV is told the build and seeks;
+    torchcodec is only allowed to decode forward from frame 0; decord, which can be told neither,
+    is refused and "auto" falls back to PyAV."""
+    path = video_dir / "cockatoo.mp4"
+    with pytest.raises(VideoDecodeError, match="later keyframes do not decode on their own") as caught:
+        VideoReader(path, backend="decord")
+    assert caught.value.path == str(path)
+    with pytest.warns(RuntimeWarning, match="decoding with PyAV instead"):
+        reader = VideoReader(path)
+    assert reader.backend == "pyav"
+    indices = [150, 76, 77]
+    assert torch.equal(reader.get_frames(indices), ffmpeg_frames(path, indices))
+
+
+@pytest.mark.parametrize("name", ["vp9_webm", "mpeg4_avi", "hevc_mkv", "h264_mp4"])
+@pytest.mark.parametrize("backend", ("auto",) + BACKENDS)
+def test_generated_codecs_decode_like_ffmpeg(generated, name, backend):
+    if name not in generated:
+        pytest.skip("ffmpeg here has no libx265 encoder")
+    path = generated[name]
+    reference = ffmpeg_frames(path)
+    if backend == "decord" and name == "hevc_mkv":
+        # decord also lands on wrong pixels after seeks in x265's open-GOP stream.
+        with pytest.raises(VideoDecodeError, match="wrong pixels after seeking"):
+            VideoReader(path, backend=backend)
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        reader = VideoReader(path, backend=backend)
+    with reader:
+        assert torch.equal(reader.get_frames(range(len(reader))), reference)
+        backwards = [23, 17, 9, 8, 0, 15]  # crosses keyframes 8 and 16 in both directions
+        assert torch.equal(reader.get_frames(backwards), reference[backwards])
+
+
+def test_frames_come_in_the_order_asked_with_repeats(video_dir):
+    path = video_dir / "flipping_a_pancake.mkv"
+    with VideoReader(path) as reader:
+        frames = reader.get_frames([200, 3, 200, 50])
+        singles = torch.cat([reader.get_frames([i]) for i in (200, 3, 200, 50)])
+    assert torch.equal(frames, singles)
+    assert not torch.equal(frames[0], frames[1])
+
+
+def test_out_of_range_index_is_refused(video_dir):
+    with VideoReader(video_dir / "flipping_a_pancake.mkv") as reader:
+        with pytest.raises(IndexError, match=r"frame 310 is out of range \[0, 310\)"):
+            reader.get_frames([0, 310])
+
+
+# ---------------------------------------------------------------------------------------------
+# Rotation and resizing
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rotated_mov_comes_out_portrait_like_ffmpeg(video_dir, backend):
+    path = video_dir / "rotated_90.mov"
+    frames = read_video(path, backend=backend)
+    assert frames.shape == (3, 568, 320, 3)  # 320 wide, 568 high
+    assert torch.equal(frames, ffmpeg_frames(path))
+
+
+@pytest.mark.parametrize("degrees", [90, 180, 270])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_rotation_matches_ffmpeg_autorotate(generated, degrees, backend):
+    path = generated[f"rotated_{degrees}"]
+    assert probe_video(path).rotation == degrees
+    frames = read_video(path, backend=backend)
+    assert frames.shape[1:3] == ((128, 96) if degrees in (90, 270) else (96, 128))
+    assert torch.equal(frames, ffmpeg_frames(path))
+
+
+def test_short_side_resize_matches_torchvision_antialiased_bilinear(video_dir):
+    from torchvision.transforms.v2 import functional as TF
+
+    path = video_dir / "flipping_a_pancake.mkv"
+    full = read_video(path)[:40]
+    small = read_video(path, short_side=112)[:40]
+    assert small.shape == (40, 112, 198, 3)  # 426 * 112 / 240 = 198.8, truncated like torchvision
+    expected = TF.resize(full.permute(0, 3, 1, 2), [112, 198], antialias=True).permute(0, 2, 3, 1)
+    assert torch.equal(small, expected)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_resize_is_one_shared_step_so_backends_stay_identical(video_dir, backend):
+    path = video_dir / "rotated_90.mov"
+    frames = read_video(path, backend=backend, short_side=160)
+    assert frames.shape == (3, 284, 160, 3)  # rotation first, then the short side (width) is 160
+    assert torch.equal(frames, resize_short_side(ffmpeg_frames(path), 160))
+
+
+def test_resize_works_on_uint8_without_a_float_round_trip():
+    frames = torch.randint(0, 256, (2, 30, 40, 3), dtype=torch.uint8)
+    out = resize_short_side(frames, 15)
+    expected = F.interpolate(
+        frames.permute(0, 3, 1, 2).float(), size=(15, 20), mode="bilinear", antialias=True, align_corners=False
+    ).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+    assert out.dtype == torch.uint8 and out.shape == (2, 15, 20, 3)
+    assert (out.int() - expected.int()).abs().max() <= 1  # the uint8 kernel rounds its own way
+
+
+# ---------------------------------------------------------------------------------------------
+# Timestamps and variable frame rate
+# ---------------------------------------------------------------------------------------------
+
+
+def test_constant_rate_timestamps_are_index_over_fps(video_dir):
+    with VideoReader(video_dir / "cockatoo.mp4", backend="pyav") as reader:
+        np.testing.assert_allclose(reader.frame_timestamps(), np.arange(280) / 20.0, atol=1e-9)
+
+
+def test_variable_rate_video_exposes_its_real_timestamps(generated):
+    path = generated["vfr_mp4"]
+    meta = probe_video(path)
+    assert meta.variable_frame_rate and meta.num_frames == 30
+    with VideoReader(path) as reader:
+        expected = np.concatenate([np.arange(20) / 10.0, 2.0 + np.arange(10) / 2.0])
+        np.testing.assert_allclose(reader.frame_timestamps(), expected, atol=1e-9)
+        # Index 25 is the frame shown at 4.5 s, whatever backend serves it.
+        assert torch.equal(reader.get_frames([25]), ffmpeg_frames(path, [25]))
+
+
+# ---------------------------------------------------------------------------------------------
+# decord's faults: hangs and leaks
+# ---------------------------------------------------------------------------------------------
+
+
+def test_decord_timeout_falls_back_to_pyav(video_dir):
+    path = video_dir / "flipping_a_pancake.mkv"
+    with pytest.warns(RuntimeWarning, match="did not answer within"):
+        reader = VideoReader(path, timeout_s=1e-6)
+    assert reader.backend == "pyav"
+    assert torch.equal(reader.get_frames([0, 100]), ffmpeg_frames(path, [0, 100]))
+
+
+def test_decord_timeout_without_fallback_is_an_error(video_dir):
+    path = video_dir / "flipping_a_pancake.mkv"
+    with pytest.raises(VideoDecodeError, match="did not answer within") as caught:
+        VideoReader(path, backend="decord", timeout_s=1e-6)
+    assert caught.value.path == str(path)
+
+
+def _rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+# RSS may grow by at most this much over 500 clip reads after a 20-read warm-up (allocator pools,
+# decoder buffers come and go by a few tens of MB; a per-read leak of 0.1 MB would cross it).
+RSS_BOUND_MB = 48.0
+
+
+def random_walk_clips(count: int, num_frames: int, clip: int, seed: int) -> list[list[int]]:
+    """Clips at random places, visited forward (random gaps, back to a random early start at the
+    end of the file), as a sliding-window sweep over shuffled files would: the decoder keeps
+    going instead of re-decoding each GOP, which keeps 500 reads of a 720p file affordable."""
+    rng = np.random.default_rng(seed)
+    clips, start = [], int(rng.integers(0, clip))
+    while len(clips) < count:
+        if start + clip > num_frames:
+            start = int(rng.integers(0, clip))
+        clips.append(list(range(start, start + clip)))
+        start += clip + int(rng.integers(0, clip))
+    return clips
+
+
+@pytest.mark.slow
+def test_default_reader_does_not_leak_over_500_cockatoo_clips(video_dir):
+    """500 random 8-frame clips of the 720p sample, short side 64, reopening the file every 10
+    reads as a data loader would."""
+    path = video_dir / "cockatoo.mp4"
+    clips = random_walk_clips(520, 280, clip=8, seed=2)
+    reader = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for n, indices in enumerate(clips):
+            if n % 10 == 0:
+                reader = VideoReader(path, short_side=64)
+            assert reader.get_frames(indices).shape == (8, 64, 113, 3)
+            if n == 19:
+                baseline = _rss_mb()
+    growth = _rss_mb() - baseline
+    assert growth < RSS_BOUND_MB, f"RSS grew {growth:.1f} MB over 500 reads"
+
+
+@pytest.mark.slow
+def test_decord_backend_does_not_leak_over_500_clips(tmp_path):
+    """decord's own leak across get_batch calls: 500 random 16-frame clips from one reader."""
+    path = vf.testsrc(tmp_path / "k.mp4", frames=300, size="320x180", fps=30, extra=("-g", "30"))
+    clips = random_clips(520, 300, clip=16, stride=1, seed=3)
+    with VideoReader(path, backend="decord", short_side=64) as reader:
+        for n, indices in enumerate(clips):
+            assert reader.get_frames(indices).shape == (16, 64, 113, 3)
+            if n == 19:
+                baseline = _rss_mb()
+    growth = _rss_mb() - baseline
+    assert growth < RSS_BOUND_MB, f"RSS grew {growth:.1f} MB over 500 reads"
