@@ -88,6 +88,10 @@ def load_pretrained(model: torch.nn.Module, path: str | os.PathLike, strict: boo
         raise TypeError(f"{type(model).__name__} has no `arch` attribute; cannot pick a converter")
     state_dict = read_state_dict(path)
     layout_name, ours = convert_state_dict(state_dict, arch, os.fspath(path))
+    # A model may adapt a checkpoint to its own configuration (e.g. resize position tables).
+    adapt = getattr(model, "adapt_checkpoint", None)
+    if adapt is not None:
+        ours = adapt(ours)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(ours))
     unexpected = sorted(set(ours) - set(expected))
