@@ -1,0 +1,36 @@
+"""`spatiotemporal train CONFIG.yaml [dotted.key=value ...]`: train on Ray Train."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "train a model on Ray Train (DDP over gloo on CPU, NCCL on GPU) from a YAML config"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="YAML config (see configs/)")
+    parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. optim.lr=3e-4 ray.num_workers=4")
+    parser.add_argument("--resume", action="store_true", help="continue the run in output_dir/name from its latest checkpoint")
+    parser.add_argument("--address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, else a local cluster)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from spatiotemporal.train.config import load_config
+    from spatiotemporal.train.loop import fit
+
+    try:
+        config = load_config(args.config, args.overrides)
+        final = fit(config, resume=args.resume, address=args.address)
+    except (KeyError, ValueError, FileNotFoundError, FileExistsError) as error:
+        print(f"error: {error}")
+        return 2
+    run_dir = Path(config["output_dir"]) / config["name"]
+    print(json.dumps(final, indent=2))
+    for report in ("eval_kinetics.md", "eval_scannet.md"):
+        if (run_dir / report).exists():
+            print((run_dir / report).read_text())
+    print(f"run directory: {run_dir} (metrics.jsonl, tensorboard/, curves.png, checkpoints)")
+    return 0

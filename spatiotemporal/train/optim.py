@@ -1,0 +1,103 @@
+"""Optimisers and schedules: AdamW/SGD, no decay on norms and biases, layer-wise lr decay, cosine with warmup."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+from torch import nn
+
+# Parameters that belong before the first block (layer 0 for layer-wise decay).
+_EMBEDDING_NAMES = ("patch_embed", "pos_embed", "cls_token", "time_embed", "temporal_pos_embed", "embed")
+_BLOCK_INDEX = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
+
+
+def default_layer_id(name: str, num_blocks: int) -> int:
+    """ViT-style depth of a parameter: embeddings 0, block i -> i + 1, head and final norm last."""
+    match = _BLOCK_INDEX.search(name)
+    if match:
+        return int(match.group(1)) + 1
+    if any(part in _EMBEDDING_NAMES for part in name.split(".")[:2]) or name.split(".")[0] in _EMBEDDING_NAMES:
+        return 0
+    return num_blocks + 1
+
+
+def _count_blocks(model: nn.Module) -> int:
+    indices = {int(m.group(1)) for name, _ in model.named_parameters() if (m := _BLOCK_INDEX.search(name))}
+    return max(indices) + 1 if indices else 0
+
+
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | None = None) -> list[dict]:
+    """Groups by (decay or not, layer). 1-D tensors (norms, biases) and tokens/position tables get no decay.
+
+    A model may define `layer_id(name) -> int` and `num_layers` to override the ViT-style guess.
+    Each group carries `lr_scale`, which the schedule multiplies in.
+    """
+    num_blocks = getattr(model, "num_layers", None) or _count_blocks(model)
+    layer_of = getattr(model, "layer_id", None) or (lambda name: default_layer_id(name, num_blocks))
+    groups: dict[tuple[bool, int], dict] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        no_decay = param.ndim <= 1 or name.endswith((".bias", "pos_embed", "cls_token", "time_embed"))
+        layer = layer_of(name) if layer_decay is not None else 0
+        scale = layer_decay ** (num_blocks + 1 - layer) if layer_decay is not None else 1.0
+        group = groups.setdefault(
+            (no_decay, layer),
+            {"params": [], "names": [], "weight_decay": 0.0 if no_decay else weight_decay, "lr_scale": scale},
+        )
+        group["params"].append(param)
+        group["names"].append(name)
+    return list(groups.values())
+
+
+def build_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg["weight_decay"], cfg.get("layer_decay"))
+    for group in groups:
+        group.pop("names")
+    name = cfg["name"].lower()
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg["lr"], betas=tuple(cfg["betas"]))
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=cfg["lr"], momentum=cfg["momentum"], nesterov=True)
+    raise ValueError(f"optimizer must be 'adamw' or 'sgd', not {cfg['name']!r}")
+
+
+def cosine_with_warmup(step: int, total_steps: int, warmup_steps: int, base_lr: float, min_lr: float) -> float:
+    """Linear warmup from 0 to base_lr, then half a cosine down to min_lr at total_steps."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+class CosineWarmupSchedule:
+    """Sets every group's lr = schedule(step) * lr_scale. Stateless apart from the step it is given."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, base_lr: float, min_lr: float):
+        self.optimizer = optimizer
+        self.total_steps = total_steps
+        self.warmup_steps = warmup_steps
+        self.base_lr = base_lr
+        self.min_lr = min_lr
+        self.step_count = 0
+
+    def lr_at(self, step: int) -> float:
+        return cosine_with_warmup(step, self.total_steps, self.warmup_steps, self.base_lr, self.min_lr)
+
+    def apply(self) -> float:
+        lr = self.lr_at(self.step_count)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        return lr
+
+    def step(self) -> None:
+        self.step_count += 1
+
+    def state_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("total_steps", "warmup_steps", "base_lr", "min_lr", "step_count")}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)

@@ -1,0 +1,388 @@
+"""What the training loop trains: a task builds the model and datasets, computes a batch's loss, and
+evaluates with the paper's protocol. `video` is Kinetics-style clip classification, `points` is
+ScanNet-style per-point segmentation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from spatiotemporal.models.registry import create_model, get_spec
+
+
+def load_weights(model, path: str | Path) -> str:
+    """Weights from a training checkpoint directory (its model.pt), a state.pt, or any file
+    `spatiotemporal.convert` reads; returns the detected layout."""
+    from spatiotemporal.convert import load_pretrained
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.pt"
+    return load_pretrained(model, path)
+
+
+def make_task(config: dict):
+    return {"video": VideoTask, "points": PointsTask}[config["task"]](config)
+
+
+def _rank_shard(size: int, rank: int, world: int) -> list[int]:
+    return list(range(rank, size, world))
+
+
+class VideoTask:
+    def __init__(self, config: dict):
+        self.config = config
+        self.spec = get_spec(config["model"]["name"])
+        data = config["data"]
+        self.num_frames = data["num_frames"] or self.spec.num_frames
+        self.frame_stride = data["frame_stride"] or self.spec.frame_stride
+        self.crop_size = data["crop_size"] or self.spec.crop_size
+        self.short_side = data["short_side"] or self.crop_size
+        from spatiotemporal.train.config import parse_views
+
+        protocol = self.spec.protocol
+        views = parse_views(config["eval"]["views"]) or (protocol.temporal_views, protocol.spatial_crops)
+        self.temporal_views, self.spatial_crops = views
+        self.aggregation = config["eval"]["aggregation"] or protocol.aggregation
+        self._classes = None
+
+    # -- data
+
+    def dataset_at(self, path: str | Path, mode: str, split: str | None = None):
+        """A KineticsDataset from an annotation file (official CSV or `path label` list) or a
+        directory: `<split>.csv` (val: also `validate.csv`), `<split>.txt`, or `<split>/<class>/` folders."""
+        from spatiotemporal.data.kinetics import ClipSampling, KineticsDataset
+        from spatiotemporal.data.transforms import ClipTransform
+        from spatiotemporal.io.errors import InputError
+
+        data = self.config["data"]
+        pre = self.spec.preprocess
+        transform = ClipTransform(
+            crop_size=self.crop_size,
+            train_short_side=(self.short_side, int(round(self.short_side * 1.25))),
+            test_short_side=self.short_side,
+            hflip=data["augment"] and data["hflip"],
+            num_crops=self.spatial_crops,
+            mean=pre.mean,
+            std=pre.std,
+        )
+        kwargs = dict(
+            mode=mode,
+            clip=ClipSampling(num_frames=self.num_frames, stride=self.frame_stride, num_clips=self.temporal_views),
+            transform=transform,
+            seed=self.config["seed"],
+        )
+        path = Path(path)
+        if path.is_file():
+            if path.suffix == ".csv":
+                dataset = KineticsDataset.from_csv(path, path.parent, **kwargs)
+            else:
+                dataset = KineticsDataset.from_list_file(path, path.parent, **kwargs)
+        elif path.is_dir():
+            names = [f"{split}.csv", "validate.csv" if split == "val" else None, f"{split}.txt"] if split else []
+            found = next((path / n for n in names if n and (path / n).is_file()), None)
+            classes = path / "classes.json" if (path / "classes.json").is_file() else None
+            if found is not None and found.suffix == ".csv":
+                dataset = KineticsDataset.from_csv(found, path, **kwargs)
+            elif found is not None:
+                dataset = KineticsDataset.from_list_file(found, path, **kwargs)
+            elif split and (path / split).is_dir():
+                dataset = KineticsDataset.from_folders(path / split, classes=classes, **kwargs)
+            else:
+                dataset = KineticsDataset.from_folders(path, classes=classes, **kwargs)
+        else:
+            raise InputError(path, "no such annotation file or directory")
+        self._classes = dataset.classes
+        return dataset
+
+    def _dataset(self, split: str, mode: str):
+        return self.dataset_at(self.config["data"]["root"], mode, split)
+
+    def train_set(self):
+        dataset = self._dataset(self.config["data"]["train_split"], "train")
+        return CachedClips(dataset) if self.config["data"]["cache"] else dataset
+
+    @property
+    def num_classes(self) -> int:
+        configured = self.config["model"]["num_classes"]
+        if configured:
+            return configured
+        if self._classes is None:
+            self.train_set()
+        return len(self._classes)
+
+    def build_model(self):
+        kwargs = dict(self.config["model"]["kwargs"])
+        return create_model(self.config["model"]["name"], num_classes=self.num_classes, **kwargs)
+
+    @staticmethod
+    def collate(samples: list[dict]) -> dict:
+        return {
+            "video": torch.stack([s["video"] for s in samples]),
+            "label": torch.tensor([s["label"] for s in samples]),
+            "key": [s["key"] for s in samples],
+            "error": [s["error"] for s in samples],
+        }
+
+    @staticmethod
+    def to_device(batch: dict, device) -> dict:
+        return {**batch, "video": batch["video"].to(device), "label": batch["label"].to(device)}
+
+    # -- training
+
+    def train_loss(self, model, batch: dict, rng: np.random.Generator):
+        t = self.config["train"]
+        clips, labels = batch["video"], batch["label"]
+        smoothing = t["label_smoothing"]
+        if t["mixup_alpha"] > 0 or t["cutmix_alpha"] > 0:
+            from spatiotemporal.data.transforms import MixupConfig, mixup_cutmix
+
+            mix = MixupConfig(t["mixup_alpha"], t["cutmix_alpha"], 0.5, t["mix_prob"], smoothing)
+            clips, targets = mixup_cutmix(clips, labels, self.num_classes, rng, mix)
+            logits = model(clips)
+            loss = torch.sum(-targets * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+        else:
+            logits = model(clips)
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=smoothing)
+        correct = int((logits.argmax(-1) == labels).sum())
+        return loss, correct, len(labels)
+
+    # -- evaluation
+
+    @torch.no_grad()
+    def evaluate(self, model, rank: int, world: int, report_dir: Path | None, data: str | Path | None = None) -> dict:
+        """Multi-view evaluation of the val split (or of `data`); rank 0 writes the report."""
+        summary = self.evaluate_summary(model, rank, world, data)
+        if report_dir is not None and rank == 0:
+            report_dir.mkdir(parents=True, exist_ok=True)
+            summary.to_json(report_dir / "eval_kinetics.json")
+            (report_dir / "eval_kinetics.md").write_text(summary.to_markdown() + "\n")
+            summary.plot_confusion(report_dir / "confusion.png")
+        return {
+            "top1": summary.top1,
+            "top5": summary.top5,
+            "top1_all": summary.top1_all,
+            "mean_class_accuracy": summary.mean_class_accuracy,
+            "num_evaluated": summary.num_evaluated,
+        }
+
+    @torch.no_grad()
+    def evaluate_summary(self, model, rank: int = 0, world: int = 1, data: str | Path | None = None):
+        from tqdm import tqdm
+
+        from spatiotemporal.eval.kinetics import KineticsEvaluator
+
+        if data is None:
+            dataset = self._dataset(self.config["data"]["val_split"], "test")
+        else:
+            dataset = self.dataset_at(data, "test", self.config["data"]["val_split"])
+        views = self.temporal_views * self.spatial_crops
+        evaluator = KineticsEvaluator(
+            len(dataset.classes), views, self.aggregation, class_names=list(dataset.classes.names)
+        )
+        if rank == 0:
+            for entry in dataset.report.missing:
+                evaluator.mark_missing(entry["key"], entry["reason"])
+        # A padding sampler, as DDP evaluation usually uses; the evaluator drops the repeats.
+        sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=self.config["eval"]["batch_size"], sampler=sampler, collate_fn=self.collate,
+            num_workers=self.config["data"]["loader_workers"],
+        )  # fmt: skip
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        for batch in tqdm(loader, desc="eval kinetics", disable=rank != 0, leave=False):
+            ok = [i for i, e in enumerate(batch["error"]) if not e]
+            for i, error in enumerate(batch["error"]):
+                if error:
+                    evaluator.mark_missing(batch["key"][i], error, int(batch["label"][i]))
+            if not ok:
+                continue
+            video = batch["video"][ok].to(device)
+            b = video.shape[0]
+            logits = model(video.flatten(0, 1)).float().view(b, views, -1)
+            evaluator.update([batch["key"][i] for i in ok], logits, batch["label"][ok])
+        model.train(was_training)
+        evaluator.gather()
+        return evaluator.summary()
+
+
+class CachedClips(torch.utils.data.Dataset):
+    """Training clips cut from whole videos decoded once and kept in memory, for datasets small
+    enough to fit (synthetic Kinetics): decoding, not the model, dominates a tiny model's step.
+
+    Clips and augmentation are drawn exactly as `KineticsDataset` draws them, from the same
+    (seed, epoch, index) generator, so caching changes speed, not samples.
+    """
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        self.frames: dict[int, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+    def _video(self, index: int) -> torch.Tensor:
+        from spatiotemporal.io.video import VideoReader
+
+        if index not in self.frames:
+            d = self.dataset
+            with VideoReader(d.records[index].path, backend=d.backend, short_side=d.decode_short_side) as reader:
+                self.frames[index] = reader.read_all()
+        return self.frames[index]
+
+    def __getitem__(self, index: int) -> dict:
+        from spatiotemporal.data import sampling
+
+        d = self.dataset
+        frames = self._video(index)
+        rng = d._rng(index)
+        indices = sampling.random_clip(len(frames), d.clip.num_frames, d.clip.stride, rng=rng)
+        return d._item(index, d.transform.train(frames[torch.from_numpy(indices)], rng), "")
+
+
+class PointScenes(torch.utils.data.Dataset):
+    """ScanNet training scenes: augmented, voxelised (one random point per voxel) and cropped,
+    with every random draw seeded from (seed, epoch, index)."""
+
+    def __init__(self, root: Path, split: str, config: dict):
+        from spatiotemporal.data.scannet import ScanNetDataset
+
+        self.scenes = ScanNetDataset(root, split)
+        self.config = config
+        self.seed = config["seed"]
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, index: int) -> dict:
+        from spatiotemporal.data import point_transforms as T
+
+        data = self.config["data"]
+        g = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) % 2**63)
+        steps = [T.CenterShift(apply_z=True)]
+        if data["augment"]:
+            steps += [
+                T.RandomRotate(axis="z", generator=g),
+                T.RandomScale(generator=g),
+                T.RandomFlip(generator=g),
+                T.RandomJitter(generator=g),
+            ]
+        steps += [T.GridSample(data["grid_size"], "train", generator=g), T.SphereCrop(data["max_points"], generator=g)]
+        steps += [T.CenterShift(apply_z=False), T.NormalizeColor()]
+        return T.Compose(steps)(self.scenes.load(index))
+
+
+def point_features(cloud: dict) -> torch.Tensor:
+    """Model input features: colour (-1..1) and normals, Pointcept's ScanNet default (6 channels)."""
+    return torch.cat([cloud["color"], cloud["normal"]], dim=1).float()
+
+
+class PointsTask:
+    def __init__(self, config: dict):
+        self.config = config
+        self.spec = get_spec(config["model"]["name"])
+
+    def build_model(self):
+        num_classes = self.config["model"]["num_classes"] or 20
+        return create_model(self.config["model"]["name"], num_classes=num_classes, **self.config["model"]["kwargs"])
+
+    def train_set(self):
+        data = self.config["data"]
+        return PointScenes(Path(data["root"]), data["train_split"], self.config)
+
+    @staticmethod
+    def collate(clouds: list[dict]) -> dict:
+        return {
+            "coord": torch.cat([c["coord"] for c in clouds]).float(),
+            "feat": torch.cat([point_features(c) for c in clouds]),
+            "segment": torch.cat([c["segment"] for c in clouds]).long(),
+            "offset": torch.tensor([len(c["coord"]) for c in clouds]).cumsum(0),
+        }
+
+    @staticmethod
+    def to_device(batch: dict, device) -> dict:
+        return {k: v.to(device) for k, v in batch.items()}
+
+    def train_loss(self, model, batch: dict, rng: np.random.Generator):
+        logits = model(batch["coord"], batch["feat"], batch["offset"])
+        loss = F.cross_entropy(logits.float(), batch["segment"], ignore_index=-1)
+        valid = batch["segment"] >= 0
+        correct = int((logits.argmax(-1)[valid] == batch["segment"][valid]).sum())
+        return loss, correct, int(valid.sum())
+
+    @torch.no_grad()
+    def predict_scene(self, model, cloud: dict, name: str = "<scene>") -> np.ndarray:
+        """Full-resolution train ids for every vertex: test fragments voted by summed softmax."""
+        from spatiotemporal.data import point_transforms as T
+        from spatiotemporal.eval.scannet import FragmentVoter
+
+        data = self.config["data"]
+        device = next(model.parameters()).device
+        prepared = T.Compose([T.CenterShift(apply_z=True)])(cloud)
+        fragments = T.GridSample(data["grid_size"], "test")(prepared)
+        voter = FragmentVoter(len(prepared["coord"]), model_classes(model), name)
+        for fragment in fragments:
+            fragment = T.NormalizeColor()(T.CenterShift(apply_z=False)(fragment))
+            coord = fragment["coord"].float().to(device)
+            offset = torch.tensor([len(coord)], device=device)
+            logits = model(coord, point_features(fragment).to(device), offset)
+            voter.add(torch.softmax(logits.float(), -1).cpu().numpy(), fragment["index"].numpy())
+        return voter.predict()
+
+    def evaluate(self, model, rank: int, world: int, report_dir: Path | None) -> dict:
+        summary = self.evaluate_summary(model, rank, world, report_dir)
+        return {"miou": summary.miou, "macc": summary.macc, "overall_accuracy": summary.overall_accuracy}
+
+    @torch.no_grad()
+    def evaluate_summary(self, model, rank: int = 0, world: int = 1, report_dir: Path | None = None):
+        """Full-resolution evaluation of the val split; with `report_dir`, submission files,
+        the per-class table and a top-down PNG are written there."""
+        from tqdm import tqdm
+
+        from spatiotemporal.data.scannet import ScanNetDataset
+        from spatiotemporal.eval.scannet import ScanNetEvaluator, train_to_nyu40, write_submission
+
+        data = self.config["data"]
+        scenes = ScanNetDataset(Path(data["root"]), data["val_split"])
+        evaluator = ScanNetEvaluator()
+        was_training = model.training
+        model.eval()
+        first = None
+        for index in tqdm(_rank_shard(len(scenes), rank, world), desc="eval scannet", disable=rank != 0, leave=False):
+            cloud = scenes.load(index)
+            name = cloud.pop("name")
+            pred = self.predict_scene(model, cloud, name)
+            evaluator.update_train_ids(pred, cloud["segment"], name)
+            if report_dir is not None:
+                write_submission(report_dir / "submission" / f"{name}.txt", train_to_nyu40(pred))
+                if first is None:
+                    first = (name, cloud["coord"], pred, cloud["segment"])
+        model.train(was_training)
+        evaluator.gather()
+        summary = evaluator.summary()
+        if report_dir is not None and rank == 0:
+            from spatiotemporal.eval.plots import plot_scene_top_down
+
+            summary.to_json(report_dir / "eval_scannet.json")
+            (report_dir / "eval_scannet.md").write_text(summary.to_markdown() + "\n")
+            if first is not None:
+                name, coord, pred, gt = first
+                plot_scene_top_down(coord, pred, gt, report_dir / f"{name}_top_down.png", title=name)
+        return summary
+
+
+def model_classes(model) -> int:
+    head = getattr(model, "num_classes", None)
+    return int(head) if head else 20
