@@ -41,3 +41,22 @@ def test_a_dict_without_tensors_is_rejected_with_its_keys(tmp_path):
     torch.save({"epoch": 3, "config": {"lr": 0.1}}, path)
     with pytest.raises(CheckpointError, match="no state dict found"):
         read_state_dict(path)
+
+
+def test_our_training_checkpoint_rebuilds_its_model_from_the_path_alone(tmp_path):
+    from spatiotemporal.models import create_model
+
+    trained = create_model("timesformer_tiny", num_classes=4, image_size=32, patch_size=8)
+    path = tmp_path / "model.pt"
+    torch.save(
+        {
+            "model": trained.state_dict(),
+            "model_name": "timesformer_tiny",
+            "model_kwargs": {"image_size": 32, "patch_size": 8},
+            "class_names": ["left", "right", "up", "down"],
+        },
+        path,
+    )
+    loaded = create_model("timesformer_tiny", pretrained=str(path)).eval()
+    clip = torch.randn(1, 3, trained.spec.num_frames, 32, 32)
+    assert torch.equal(loaded(clip), trained.eval()(clip))

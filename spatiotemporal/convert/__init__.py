@@ -28,7 +28,11 @@ LAYOUT_MODULES = (
 _WRAPPER_KEYS = ("model_state", "state_dict", "model", "module")
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+# Keys our training checkpoints keep beside the weights, so a path alone rebuilds the model.
+META_KEYS = ("model_name", "model_kwargs", "class_names", "num_classes")
+
+
+def _read_object(path: str | os.PathLike):
     path = os.fspath(path)
     if not os.path.exists(path):
         raise CheckpointError(path, "no such file")
@@ -41,6 +45,25 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             obj = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - any reader failure is an unreadable checkpoint
         raise CheckpointError(path, f"cannot read checkpoint: {err}") from err
+    return obj
+
+
+def read_checkpoint_meta(path: str | os.PathLike) -> dict:
+    """How a checkpoint says its model was built (empty for foreign layouts): META_KEYS present."""
+    if os.fspath(path).endswith(".safetensors"):
+        return {}
+    obj = _read_object(path)
+    if not isinstance(obj, Mapping):
+        return {}
+    meta = {k: obj[k] for k in META_KEYS if obj.get(k) is not None}
+    if "class_names" in meta and "num_classes" not in meta:
+        meta["num_classes"] = len(meta["class_names"])
+    return meta
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    path = os.fspath(path)
+    obj = _read_object(path)
     while isinstance(obj, Mapping) and not any(torch.is_tensor(v) for v in obj.values()):
         inner = next((obj[k] for k in _WRAPPER_KEYS if k in obj and isinstance(obj[k], Mapping)), None)
         if inner is None:

@@ -104,10 +104,21 @@ def create_model(
     strict: bool = True,
     **overrides: Any,
 ):
-    """Build a registered model. `pretrained` is a checkpoint path in any supported layout."""
+    """Build a registered model. `pretrained` is a checkpoint path in any supported layout.
+
+    Our training checkpoints record the overrides and classes they were trained with; those are
+    applied before explicit arguments, so a fine-tuned tiny model loads from its path alone.
+    """
     spec = get_spec(name)
-    kwargs = {**spec.kwargs, **overrides}
-    kwargs["num_classes"] = spec.num_classes if num_classes is None else num_classes
+    meta = {}
+    if pretrained is not None:
+        from spatiotemporal.convert import read_checkpoint_meta
+
+        meta = read_checkpoint_meta(pretrained)
+    kwargs = {**spec.kwargs, **meta.get("model_kwargs", {}), **overrides}
+    if num_classes is None:
+        num_classes = meta.get("num_classes", spec.num_classes)
+    kwargs["num_classes"] = num_classes
     model = spec.builder(**kwargs)
     model.spec = spec
     if pretrained is not None:

@@ -17,7 +17,7 @@ import torch
 
 STATE_FILE = "state.pt"
 POSITION_FILE = "position.json"  # read without loading the weights
-MODEL_FILE = "model.pt"  # weights only, loadable with `create_model(..., pretrained=...)`
+MODEL_FILE = "model.pt"  # weights + how to build them, loadable with `create_model(..., pretrained=...)`
 
 
 @dataclass
@@ -39,7 +39,10 @@ def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
 
 
-def save(directory: Path, rng_states: list[dict], position: Position, model, optimizer, schedule, ema, config: dict) -> None:
+def save(
+    directory: Path, rng_states: list[dict], position: Position, model, optimizer, schedule, ema, config: dict,
+    class_names: list[str] | None = None,
+) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(
         {
@@ -54,7 +57,16 @@ def save(directory: Path, rng_states: list[dict], position: Position, model, opt
         directory / STATE_FILE,
     )
     (directory / POSITION_FILE).write_text(json.dumps(asdict(position)))
-    torch.save((ema.module if ema is not None else model).state_dict(), directory / MODEL_FILE)
+    # The model file says how to rebuild the network, so inference needs only its path.
+    torch.save(
+        {
+            "model": (ema.module if ema is not None else model).state_dict(),
+            "model_name": config["model"]["name"],
+            "model_kwargs": dict(config["model"].get("kwargs") or {}),
+            "class_names": list(class_names) if class_names is not None else None,
+        },
+        directory / MODEL_FILE,
+    )
 
 
 def load(directory: Path, rank: int, model, optimizer, schedule, ema) -> Position:

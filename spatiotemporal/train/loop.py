@@ -146,7 +146,10 @@ def train_loop_per_worker(config: dict) -> None:
             ray.train.report(metrics, checkpoint=None)
             return
         with tempfile.TemporaryDirectory() as directory:
-            ckpt.save(Path(directory), rng_states, position, model, optimizer, schedule, ema, config)
+            ckpt.save(
+                Path(directory), rng_states, position, model, optimizer, schedule, ema, config,
+                class_names=task.class_names,
+            )
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
 
     for epoch in range(position.epoch, epochs):

@@ -114,6 +114,12 @@ class VideoTask:
             self.train_set()
         return len(self._classes)
 
+    @property
+    def class_names(self) -> list[str]:
+        if self._classes is None:
+            self.train_set()
+        return list(self._classes.names)
+
     def build_model(self):
         kwargs = dict(self.config["model"]["kwargs"])
         return create_model(self.config["model"]["name"], num_classes=self.num_classes, **kwargs)
@@ -293,6 +299,12 @@ class PointsTask:
     def __init__(self, config: dict):
         self.config = config
         self.spec = get_spec(config["model"]["name"])
+
+    @property
+    def class_names(self) -> list[str]:
+        from spatiotemporal.data.scannet import CLASS_NAMES
+
+        return list(CLASS_NAMES)
 
     def build_model(self):
         num_classes = self.config["model"]["num_classes"] or 20
