@@ -26,3 +26,20 @@ def video_dir(shared_data: Path) -> Path:
 @pytest.fixture(scope="session")
 def points_dir(shared_data: Path) -> Path:
     return shared_data / "points"
+
+
+@pytest.fixture(scope="session")
+def pytorchvideo_functional():
+    """pytorchvideo's tensor transforms, the reference for SlowFast-style geometry.
+
+    pytorchvideo imports `torchvision.transforms.functional_tensor`, which torchvision renamed to
+    `_functional_tensor`; the alias is installed here, once, before the import.
+    """
+    import sys
+
+    import torchvision.transforms._functional_tensor as functional_tensor
+
+    sys.modules.setdefault("torchvision.transforms.functional_tensor", functional_tensor)
+    import pytorchvideo.transforms.functional as functional
+
+    return functional

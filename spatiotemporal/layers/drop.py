@@ -22,3 +22,13 @@ class DropPath(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+def drop_path_rates(max_rate: float, depth: int) -> list[float]:
+    """Stochastic-depth rates rising linearly from 0 at the first block to `max_rate` at the last.
+
+    Plain Python so models can be built on the meta device.
+    """
+    if depth <= 1:
+        return [0.0] * depth
+    return [max_rate * i / (depth - 1) for i in range(depth)]

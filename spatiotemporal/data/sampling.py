@@ -1,0 +1,253 @@
+"""Clip samplers: pure functions from a video's length (or its frame timestamps) to frame indices.
+
+Every sampler returns int64 numpy indices into the decoded video, so the reader decodes only the
+frames a clip needs. A clip of `num_frames` frames with `stride` covers `num_frames * stride`
+source frames (the last sampled frame plus its trailing gap), which is how SlowFast and mmaction2
+both count a clip's span.
+
+Videos shorter than a clip are padded, and the two reference code bases pad differently:
+  * "repeat_last" (SlowFast, pytorchvideo): indices past the end are clamped to the last frame.
+  * "loop" (mmaction2's default `out_of_bound_opt`): indices wrap around to the start.
+`random_clip` and `segment_indices` default to "repeat_last"; `uniform_clips` defaults to the
+padding of the anchor whose view placement it reproduces.
+
+With a target fps, sampling goes by timestamp: sample k of a clip is the frame shown at time
+`start + k * stride / target_fps`, so variable-frame-rate videos are sampled evenly in time.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+
+Padding = Literal["repeat_last", "loop"]
+Anchor = Literal["mmaction2", "mmaction2_0x", "slowfast"]
+
+_ANCHOR_PADDING: dict[str, Padding] = {
+    "mmaction2": "loop",
+    "mmaction2_0x": "loop",
+    "slowfast": "repeat_last",
+}
+
+
+def pad_indices(indices: np.ndarray, num_video_frames: int, pad: Padding) -> np.ndarray:
+    """Map indices that run past the end of the video back inside it."""
+    if num_video_frames <= 0:
+        raise ValueError(f"cannot sample from a video with {num_video_frames} frames")
+    indices = np.asarray(indices, dtype=np.int64)
+    if pad == "loop":
+        return np.mod(indices, num_video_frames)
+    if pad == "repeat_last":
+        return np.clip(indices, 0, num_video_frames - 1)
+    raise ValueError(f"unknown padding {pad!r}; expected 'repeat_last' or 'loop'")
+
+
+def clip_span(num_frames: int, stride: int) -> int:
+    """Source frames covered by a clip of `num_frames` sampled every `stride` frames."""
+    if num_frames < 1 or stride < 1:
+        raise ValueError(f"num_frames and stride must be >= 1, got {num_frames} and {stride}")
+    return num_frames * stride
+
+
+def clip_at(start: int, num_frames: int, stride: int, num_video_frames: int, pad: Padding = "repeat_last") -> np.ndarray:
+    """The clip starting at frame `start`: start, start + stride, ... padded to the video."""
+    indices = start + np.arange(num_frames, dtype=np.int64) * stride
+    return pad_indices(indices, num_video_frames, pad)
+
+
+def random_clip(
+    num_video_frames: int,
+    num_frames: int,
+    stride: int = 1,
+    *,
+    rng: np.random.Generator,
+    pad: Padding = "repeat_last",
+) -> np.ndarray:
+    """One training clip at a uniformly random start (mmaction2 `SampleFrames`, one clip).
+
+    The start is drawn from [0, num_video_frames - num_frames * stride]; a video shorter than the
+    clip starts at 0 and is padded.
+    """
+    last_start = num_video_frames - clip_span(num_frames, stride)
+    start = int(rng.integers(0, last_start + 1)) if last_start > 0 else 0
+    return clip_at(start, num_frames, stride, num_video_frames, pad)
+
+
+def uniform_clip_starts(num_video_frames: int, span: int, num_clips: int, anchor: Anchor = "mmaction2") -> np.ndarray:
+    """Start frames of `num_clips` evenly spaced test views, placed as the anchor code base does.
+
+    * mmaction2 (1.x `SampleFrames._get_test_clips`, 3-D models): views spread from the first to
+      the last possible start, both included, rounded half-to-even; one view sits in the middle.
+    * mmaction2_0x (0.x, used by Video Swin): the video is cut into `num_clips` equal intervals
+      and each view starts at its interval's centre, truncated to an integer.
+    * slowfast (`get_start_end_idx`, `use_offset=False`): view i starts at
+      `(num_video_frames - span) * i / num_clips`, so views begin at frame 0 and never touch the end.
+    """
+    if num_clips < 1:
+        raise ValueError(f"num_clips must be >= 1, got {num_clips}")
+    slack = num_video_frames - span
+    i = np.arange(num_clips, dtype=np.float64)
+    if anchor == "mmaction2":
+        max_offset = max(slack, 0)
+        if num_clips == 1:
+            return np.array([max_offset // 2], dtype=np.int64)
+        return np.round(i * (max_offset / (num_clips - 1))).astype(np.int64)
+    if anchor == "mmaction2_0x":
+        if slack + 1 <= 0:  # the reference's `num_frames > ori_clip_len - 1` fails: all views at 0
+            return np.zeros(num_clips, dtype=np.int64)
+        interval = (slack + 1) / num_clips
+        return (i * interval + interval / 2.0).astype(np.int64)
+    if anchor == "slowfast":
+        return np.floor(max(slack, 0) * i / num_clips).astype(np.int64)
+    raise ValueError(f"unknown anchor {anchor!r}; expected one of {sorted(_ANCHOR_PADDING)}")
+
+
+def uniform_clips(
+    num_video_frames: int,
+    num_frames: int,
+    stride: int,
+    num_clips: int,
+    *,
+    anchor: Anchor = "mmaction2",
+    pad: Padding | None = None,
+) -> np.ndarray:
+    """All temporal test views: (num_clips, num_frames) indices, evenly spaced over the video.
+
+    `pad` defaults to the anchor's own padding ("loop" for mmaction2, "repeat_last" for SlowFast).
+    SlowFast places its frames with `linspace(start, start + span - 1, num_frames)`, which for
+    its float start is not exactly `start + k * stride`; that placement is reproduced here so that
+    evaluating a SlowFast-trained model sees the frames it was tested on.
+    """
+    if anchor not in _ANCHOR_PADDING:
+        raise ValueError(f"unknown anchor {anchor!r}; expected one of {sorted(_ANCHOR_PADDING)}")
+    pad = pad or _ANCHOR_PADDING[anchor]
+    span = clip_span(num_frames, stride)
+    if anchor == "slowfast":
+        delta = max(num_video_frames - span, 0)
+        views = []
+        for i in range(num_clips):
+            start = delta * i / num_clips
+            # torch.linspace in float32, then truncation, is exactly SlowFast's `temporal_sampling`.
+            index = torch.linspace(start, start + span - 1, num_frames).long().numpy()
+            views.append(pad_indices(index, num_video_frames, pad))
+        return np.stack(views)
+    starts = uniform_clip_starts(num_video_frames, span, num_clips, anchor)
+    return np.stack([clip_at(int(s), num_frames, stride, num_video_frames, pad) for s in starts])
+
+
+def segment_indices(
+    num_video_frames: int,
+    num_segments: int,
+    *,
+    frames_per_segment: int = 1,
+    train: bool,
+    rng: np.random.Generator | None = None,
+    pad: Padding = "repeat_last",
+) -> np.ndarray:
+    """TSN-style sampling: the video is cut into `num_segments` equal parts, one snippet of
+    `frames_per_segment` consecutive frames from each.
+
+    Training takes a random snippet inside each segment; testing takes the snippet at each
+    segment's centre (TSN's `tick / 2 + tick * i`). When a segment holds fewer frames than a
+    snippet, snippets overlap and run past the end, where `pad` applies.
+    """
+    if num_segments < 1 or frames_per_segment < 1:
+        raise ValueError("num_segments and frames_per_segment must be >= 1")
+    usable = num_video_frames - frames_per_segment + 1
+    if train:
+        if rng is None:
+            raise ValueError("training segment sampling needs an rng")
+        length = usable // num_segments
+        if length > 0:
+            offsets = np.arange(num_segments) * length + rng.integers(0, length, size=num_segments)
+        elif usable > num_segments:
+            offsets = np.sort(rng.integers(0, usable, size=num_segments))
+        else:
+            offsets = np.floor(np.arange(num_segments) * max(usable, 1) / num_segments)
+    else:
+        tick = max(usable, 1) / num_segments
+        offsets = np.floor(tick / 2.0 + tick * np.arange(num_segments))
+    indices = offsets.astype(np.int64)[:, None] + np.arange(frames_per_segment, dtype=np.int64)[None, :]
+    return pad_indices(indices.reshape(-1), num_video_frames, pad)
+
+
+# ---- sampling by timestamp -------------------------------------------------------------------
+
+
+def frames_at_times(timestamps: np.ndarray, times: np.ndarray, pad: Padding = "repeat_last") -> np.ndarray:
+    """Index of the frame on screen at each time: the last frame whose timestamp is <= t.
+
+    Times past the video's end are padded: clamped to the last frame, or wrapped around the
+    video's duration (one frame period past the last timestamp) for "loop".
+    """
+    timestamps = np.asarray(timestamps, dtype=np.float64)
+    if timestamps.ndim != 1 or len(timestamps) == 0:
+        raise ValueError("timestamps must be a non-empty 1-D array")
+    times = np.asarray(times, dtype=np.float64)
+    if pad == "loop":
+        period = np.median(np.diff(timestamps)) if len(timestamps) > 1 else 1.0
+        duration = timestamps[-1] - timestamps[0] + period
+        times = timestamps[0] + np.mod(times - timestamps[0], duration)
+    # A small tolerance keeps float round-off in `start + k / fps` from picking the previous frame.
+    indices = np.searchsorted(timestamps, times + 1e-6, side="right") - 1
+    return np.clip(indices, 0, len(timestamps) - 1).astype(np.int64)
+
+
+def clip_duration(num_frames: int, stride: int, target_fps: float) -> float:
+    """Seconds covered by a clip sampled at `target_fps` (the time analogue of `clip_span`)."""
+    if target_fps <= 0:
+        raise ValueError(f"target_fps must be positive, got {target_fps}")
+    return clip_span(num_frames, stride) / target_fps
+
+
+def clip_at_time(
+    timestamps: np.ndarray, start: float, num_frames: int, stride: int, target_fps: float, pad: Padding = "repeat_last"
+) -> np.ndarray:
+    times = start + np.arange(num_frames) * (stride / target_fps)
+    return frames_at_times(timestamps, times, pad)
+
+
+def video_duration(timestamps: np.ndarray) -> float:
+    """Duration from the first frame's start to the last frame's end (one median period)."""
+    timestamps = np.asarray(timestamps, dtype=np.float64)
+    period = float(np.median(np.diff(timestamps))) if len(timestamps) > 1 else 0.0
+    return float(timestamps[-1] - timestamps[0] + period)
+
+
+def random_clip_at_fps(
+    timestamps: np.ndarray,
+    num_frames: int,
+    stride: int,
+    target_fps: float,
+    *,
+    rng: np.random.Generator,
+    pad: Padding = "repeat_last",
+) -> np.ndarray:
+    """A training clip resampled to `target_fps` at a uniformly random start time."""
+    timestamps = np.asarray(timestamps, dtype=np.float64)
+    slack = video_duration(timestamps) - clip_duration(num_frames, stride, target_fps)
+    start = timestamps[0] + (rng.uniform(0.0, slack) if slack > 0 else 0.0)
+    return clip_at_time(timestamps, start, num_frames, stride, target_fps, pad)
+
+
+def uniform_clips_at_fps(
+    timestamps: np.ndarray,
+    num_frames: int,
+    stride: int,
+    target_fps: float,
+    num_clips: int,
+    *,
+    pad: Padding = "repeat_last",
+) -> np.ndarray:
+    """Test views resampled to `target_fps`, placed in time as mmaction2 places them in frames:
+    from the first to the last possible start (the middle one for a single view)."""
+    timestamps = np.asarray(timestamps, dtype=np.float64)
+    slack = max(video_duration(timestamps) - clip_duration(num_frames, stride, target_fps), 0.0)
+    if num_clips == 1:
+        starts = timestamps[0] + np.array([slack / 2.0])
+    else:
+        starts = timestamps[0] + slack * np.arange(num_clips) / (num_clips - 1)
+    return np.stack([clip_at_time(timestamps, s, num_frames, stride, target_fps, pad) for s in starts])
+

@@ -1,0 +1,206 @@
+"""ViViT (Arnab et al., "ViViT: A Video Vision Transformer", ICCV 2021): tubelet tokens and four ways
+to attend over them.
+
+- "joint" (Model 1): one transformer over all space-time tokens plus a class token.
+- "factorised_encoder" (Model 2): a spatial transformer per temporal index (class token per frame),
+  then a temporal transformer over the frames' class tokens.
+- "factorised_self_attention" (Model 3): each block attends in space, then in time.
+- "factorised_dot_product" (Model 4): each block splits its heads between space and time.
+
+Models 3 and 4 have no class token (the paper drops it to keep the space/time regrouping unambiguous)
+and classify the mean of the final tokens. The MLPs use the tanh GELU of the reference (flax) code.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from einops import rearrange
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from spatiotemporal.layers.drop import drop_path_rates
+from spatiotemporal.layers.space_time_attention import (
+    Block,
+    FactorisedDotProductBlock,
+    FactorisedSelfAttentionBlock,
+    make_norm,
+)
+from spatiotemporal.models.registry import ModelSpec, Preprocess, TestProtocol, register_model
+from spatiotemporal.tokens.patch_embed import TubeletEmbed
+from spatiotemporal.tokens.pos_embed import LearnedPosEmbed, adapt_pos_embeds
+
+Variant = Literal["joint", "factorised_encoder", "factorised_self_attention", "factorised_dot_product"]
+VARIANTS = ("joint", "factorised_encoder", "factorised_self_attention", "factorised_dot_product")
+_BLOCKS = {
+    "joint": Block,
+    "factorised_encoder": Block,
+    "factorised_self_attention": FactorisedSelfAttentionBlock,
+    "factorised_dot_product": FactorisedDotProductBlock,
+}
+
+
+class ViViT(nn.Module):
+    arch = "vivit"
+
+    def __init__(
+        self,
+        num_classes: int = 400,
+        variant: Variant = "joint",
+        num_frames: int = 32,
+        image_size: int = 224,
+        tubelet_size: tuple[int, int, int] = (2, 16, 16),
+        in_channels: int = 3,
+        embed_dim: int = 768,
+        depth: int = 12,
+        temporal_depth: int = 4,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        act: str = "gelu_tanh",
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        norm_eps: float = 1e-6,
+        grad_checkpointing: bool = False,
+    ):
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        self.variant = variant
+        self.num_frames, self.image_size = num_frames, image_size
+        self.embed_dim = embed_dim
+        self.grad_checkpointing = grad_checkpointing
+        self.use_cls_token = variant in ("joint", "factorised_encoder")
+        grid = (num_frames // tubelet_size[0], image_size // tubelet_size[1], image_size // tubelet_size[2])
+
+        self.patch_embed = TubeletEmbed(in_channels, embed_dim, tubelet_size)
+        prefix = 1 if self.use_cls_token else 0
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if self.use_cls_token else None
+        pos_grid = grid[1:] if variant == "factorised_encoder" else grid
+        self.pos_embed = LearnedPosEmbed(pos_grid, embed_dim, num_prefix_tokens=prefix)
+        self.pos_drop = nn.Dropout(drop_rate)
+
+        spatial_depth = depth
+        total = depth + (temporal_depth if variant == "factorised_encoder" else 0)
+        rates = drop_path_rates(drop_path_rate, total)
+        common = dict(mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop=drop_rate, attn_drop=attn_drop_rate,
+                      norm_eps=norm_eps, act=act)
+        block = _BLOCKS[variant]
+        self.blocks = nn.ModuleList(
+            block(embed_dim, num_heads, drop_path=rate, **common) for rate in rates[:spatial_depth]
+        )
+        self.norm = make_norm(embed_dim, norm_eps)
+        if variant == "factorised_encoder":
+            self.temporal_cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+            self.temporal_pos_embed = LearnedPosEmbed(grid[:1], embed_dim, num_prefix_tokens=1)
+            self.temporal_blocks = nn.ModuleList(
+                Block(embed_dim, num_heads, drop_path=rate, **common) for rate in rates[spatial_depth:]
+            )
+            self.temporal_norm = make_norm(embed_dim, norm_eps)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.normal_(module.bias, std=1e-6)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        # The reference zero-initialises the classifier so fine-tuning starts from uniform logits.
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def _run(self, blocks: nn.ModuleList, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        for block in blocks:
+            if self.grad_checkpointing and self.training:
+                x = checkpoint(block, x, grid, use_reentrant=False)
+            else:
+                x = block(x, grid)
+        return x
+
+    def _with_cls(self, cls: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        return torch.cat([cls.expand(tokens.shape[0], -1, -1), tokens], dim=1)
+
+    def forward_features(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, C, T, H, W) -> the clip embedding (B, D): class token, or token mean for Models 3/4."""
+        tokens, grid = self.patch_embed(video)  # (B, t, N, D)
+        if self.variant == "factorised_encoder":
+            frames = rearrange(tokens, "b t n d -> (b t) n d")
+            x = self.pos_drop(self.pos_embed(self._with_cls(self.cls_token, frames), grid[1:]))
+            x = self.norm(self._run(self.blocks, x, grid))
+            x = rearrange(x[:, 0], "(b t) d -> b t d", t=grid[0])
+            x = self.temporal_pos_embed(self._with_cls(self.temporal_cls_token, x), grid[:1])
+            x = self._run(self.temporal_blocks, x, grid)
+            return self.temporal_norm(x[:, 0])
+        x = rearrange(tokens, "b t n d -> b (t n) d")
+        if self.use_cls_token:
+            x = self._with_cls(self.cls_token, x)
+        x = self.pos_drop(self.pos_embed(x, grid))
+        x = self.norm(self._run(self.blocks, x, grid))
+        return x[:, 0] if self.use_cls_token else x.mean(dim=1)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        return self.head(self.head_drop(self.forward_features(video)))
+
+    def adapt_checkpoint(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Resize position tables of a checkpoint trained at another frame count or resolution."""
+        return adapt_pos_embeds(self, state_dict)
+
+
+def _build(**kwargs) -> ViViT:
+    return ViViT(**kwargs)
+
+
+# Inputs are scaled to [-1, 1] (x / 127.5 - 1), as the scenic code and HF's processor do; the paper
+# tests Kinetics with 4 temporal clips x 3 spatial crops and averages logits.
+_PREPROCESS = Preprocess(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), layout="BCTHW")
+_PROTOCOL = TestProtocol(temporal_views=4, spatial_crops=3, aggregation="logits", short_side=224)
+_PAPER = "ViViT paper (Arnab et al. 2021), Table 4 (model variants, ViViT-B, 400 classes)"
+_LARGE = {"embed_dim": 1024, "depth": 24, "num_heads": 16}
+
+
+def _spec(name: str, variant: str, description: str, frames: int = 32, stride: int = 2, size: int = 224,
+          published_params_m: float | None = None, protocol: TestProtocol = _PROTOCOL, **kwargs) -> ModelSpec:
+    return register_model(
+        ModelSpec(
+            name=name,
+            family="video",
+            builder=_build,
+            kwargs={"variant": variant, "num_frames": frames, "image_size": size, **kwargs},
+            num_frames=frames,
+            frame_stride=stride,
+            crop_size=size,
+            preprocess=_PREPROCESS,
+            protocol=protocol,
+            published_params_m=published_params_m,
+            params_source=_PAPER if published_params_m else "",
+            description=description,
+        )
+    )
+
+
+_spec("vivit_b_joint", "joint", "ViViT-B/16x2 Model 1: joint space-time attention", published_params_m=88.9)
+_spec("vivit_b_fe", "factorised_encoder", "ViViT-B/16x2 Model 2: factorised encoder (12 spatial + 4 temporal)",
+      published_params_m=115.1)
+_spec("vivit_l_fe", "factorised_encoder", "ViViT-L/16x2 Model 2: factorised encoder (24 spatial + 4 temporal)",
+      **_LARGE)
+_spec("vivit_b_fsa", "factorised_self_attention", "ViViT-B/16x2 Model 3: factorised self-attention",
+      published_params_m=117.3)
+_spec("vivit_b_fdp", "factorised_dot_product", "ViViT-B/16x2 Model 4: factorised dot-product attention",
+      published_params_m=88.9)
+
+_TINY = {"tubelet_size": (2, 16, 16), "embed_dim": 192, "depth": 4, "num_heads": 4, "temporal_depth": 2}
+_TINY_PROTOCOL = TestProtocol(temporal_views=4, spatial_crops=3, aggregation="logits", short_side=112)
+_spec("vivit_tiny", "joint", "tiny ViViT (Model 1) for CPU tests and demos", frames=8, stride=4, size=112,
+      protocol=_TINY_PROTOCOL, **_TINY)
+_spec("vivit_tiny_fe", "factorised_encoder", "tiny ViViT Model 2", frames=8, stride=4, size=112,
+      protocol=_TINY_PROTOCOL, **_TINY)
+_spec("vivit_tiny_fsa", "factorised_self_attention", "tiny ViViT Model 3", frames=8, stride=4, size=112,
+      protocol=_TINY_PROTOCOL, **_TINY)
+_spec("vivit_tiny_fdp", "factorised_dot_product", "tiny ViViT Model 4", frames=8, stride=4, size=112,
+      protocol=_TINY_PROTOCOL, **_TINY)

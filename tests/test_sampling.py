@@ -1,0 +1,165 @@
+"""Clip samplers: exact indices as SlowFast and mmaction2 place them, padding, and timestamps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from spatiotemporal.data import sampling as S
+
+
+def test_random_clip_starts_cover_exactly_every_valid_offset():
+    rng = np.random.default_rng(0)
+    starts = {int(S.random_clip(100, 8, 4, rng=rng)[0]) for _ in range(3000)}
+    assert starts == set(range(0, 100 - 8 * 4 + 1))
+
+
+def test_random_clip_is_contiguous_with_the_stride():
+    clip = S.random_clip(300, 16, 4, rng=np.random.default_rng(1))
+    assert clip.dtype == np.int64
+    assert np.array_equal(np.diff(clip), np.full(15, 4))
+
+
+def test_random_clip_is_reproducible_for_a_seed():
+    a = S.random_clip(300, 8, 8, rng=np.random.default_rng(7))
+    b = S.random_clip(300, 8, 8, rng=np.random.default_rng(7))
+    assert np.array_equal(a, b)
+
+
+def test_short_video_is_padded_by_repeating_the_last_frame_by_default():
+    clip = S.random_clip(10, 8, 2, rng=np.random.default_rng(0))
+    assert clip.tolist() == [0, 2, 4, 6, 8, 9, 9, 9]
+
+
+def test_short_video_can_loop_instead():
+    clip = S.random_clip(10, 8, 2, rng=np.random.default_rng(0), pad="loop")
+    assert clip.tolist() == [0, 2, 4, 6, 8, 0, 2, 4]
+
+
+def test_mmaction2_views_span_first_to_last_start():
+    # mmaction2 1.x: max_offset = 300 - 64 = 236, offsets round(i * 236 / 2) = 0, 118, 236.
+    views = S.uniform_clips(300, 8, 8, 3, anchor="mmaction2")
+    assert views[:, 0].tolist() == [0, 118, 236]
+    assert views[2].tolist() == [236, 244, 252, 260, 268, 276, 284, 292]
+
+
+def test_mmaction2_single_view_is_centred():
+    assert S.uniform_clips(300, 8, 8, 1, anchor="mmaction2")[0, 0] == 118
+
+
+def test_mmaction2_rounds_view_starts_half_to_even():
+    # max_offset = 100 - 16 = 84; 84 / 8 = 10.5 per view -> 10.5 rounds to 10, 31.5 to 32.
+    starts = S.uniform_clip_starts(100, 16, 9, anchor="mmaction2")
+    assert starts.tolist() == [0, 10, 21, 32, 42, 52, 63, 74, 84]
+
+
+def test_mmaction2_pads_short_videos_by_looping():
+    views = S.uniform_clips(30, 8, 8, 2, anchor="mmaction2")
+    assert views.tolist() == [[0, 8, 16, 24, 2, 10, 18, 26]] * 2
+
+
+def test_mmaction2_0x_views_start_at_interval_centres():
+    # (300 - 64 + 1) / 3 = 79 per interval; starts int(39.5), int(118.5), int(197.5).
+    assert S.uniform_clip_starts(300, 64, 3, anchor="mmaction2_0x").tolist() == [39, 118, 197]
+
+
+def test_slowfast_views_follow_its_linspace_placement():
+    views = S.uniform_clips(300, 8, 8, 10, anchor="slowfast")
+    assert views[0].tolist() == [0, 9, 18, 27, 36, 45, 54, 63]
+    # start = 236 * 1 / 10 = 23.6; linspace(23.6, 86.6, 8) truncated.
+    assert views[1].tolist() == [23, 32, 41, 50, 59, 68, 77, 86]
+    assert views[9].tolist() == [212, 221, 230, 239, 248, 257, 266, 275]
+
+
+def test_slowfast_pads_short_videos_by_clamping():
+    assert S.uniform_clips(40, 8, 8, 1, anchor="slowfast")[0].tolist() == [0, 9, 18, 27, 36, 39, 39, 39]
+
+
+def test_slowfast_matches_pytorchvideo_uniform_temporal_subsample(pytorchvideo_functional):
+    import torch
+
+    frames = torch.arange(64).view(1, 64, 1, 1).float()
+    reference = pytorchvideo_functional.uniform_temporal_subsample(frames, 8, temporal_dim=1).flatten().long()
+    assert S.uniform_clips(64, 8, 8, 1, anchor="slowfast")[0].tolist() == reference.tolist()
+
+
+def test_unknown_anchor_is_rejected():
+    with pytest.raises(ValueError, match="anchor"):
+        S.uniform_clips(100, 8, 2, 3, anchor="tsm")
+
+
+def test_tsn_test_mode_takes_segment_centres():
+    # tick = 30 / 8 = 3.75; floor(1.875 + 3.75 i).
+    assert S.segment_indices(30, 8, train=False).tolist() == [1, 5, 9, 13, 16, 20, 24, 28]
+
+
+def test_tsn_train_mode_takes_one_frame_inside_each_segment():
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        indices = S.segment_indices(30, 8, train=True, rng=rng)
+        segment = 30 // 8
+        assert all(i * segment <= x < (i + 1) * segment for i, x in enumerate(indices))
+
+
+def test_tsn_snippets_are_consecutive_frames():
+    # TSN: tick = (100 - 3 + 1) / 4 = 24.5, snippet starts floor(12.25 + 24.5 i).
+    indices = S.segment_indices(100, 4, frames_per_segment=3, train=False)
+    assert indices.tolist() == [12, 13, 14, 36, 37, 38, 61, 62, 63, 85, 86, 87]
+
+
+def test_tsn_short_video_repeats_frames():
+    # tick = 3 / 8: floor(0.1875 + 0.375 i).
+    assert S.segment_indices(3, 8, train=False).tolist() == [0, 0, 0, 1, 1, 2, 2, 2]
+
+
+def test_zero_length_video_is_an_error_not_an_empty_clip():
+    with pytest.raises(ValueError, match="0 frames"):
+        S.random_clip(0, 8, 1, rng=np.random.default_rng(0))
+
+
+# ---- by timestamp --------------------------------------------------------------------------
+
+
+def _variable_rate_timestamps() -> np.ndarray:
+    """One second at 30 fps, then one second at 10 fps."""
+    return np.concatenate([np.arange(30) / 30.0, 1.0 + np.arange(10) / 10.0])
+
+
+def test_target_fps_samples_by_timestamp_on_variable_rate_video():
+    stamps = _variable_rate_timestamps()
+    # 8 frames at 4 fps from t=0: t = 0, .25, ..., 1.75 -> the frames shown at those times.
+    clip = S.clip_at_time(stamps, 0.0, 8, 1, 4.0)
+    assert clip.tolist() == [0, 7, 15, 22, 30, 32, 35, 37]
+    # Sampling by index alone would have spread evenly over 40 frames instead.
+    assert clip.tolist() != np.linspace(0, 39, 8).astype(int).tolist()
+
+
+def test_target_fps_on_constant_rate_matches_index_stride():
+    stamps = np.arange(300) / 30.0
+    clip = S.clip_at_time(stamps, 2.0, 8, 2, 15.0)  # 2 frames at 15 fps = every 4th source frame
+    assert clip.tolist() == list(range(60, 60 + 8 * 4, 4))
+
+
+def test_random_clip_at_fps_stays_inside_the_video():
+    stamps = np.arange(90) / 30.0
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        clip = S.random_clip_at_fps(stamps, 8, 1, 5.0, rng=rng)  # 1.6 s of a 3 s video
+        assert clip.min() >= 0 and clip.max() < 90
+        assert np.array_equal(np.diff(clip), np.full(7, 6))
+
+
+def test_uniform_clips_at_fps_spread_over_the_duration():
+    stamps = np.arange(300) / 30.0  # 10 s
+    views = S.uniform_clips_at_fps(stamps, 4, 1, 2.0, 3)  # 2 s views
+    assert views[:, 0].tolist() == [0, 120, 240]
+
+
+def test_time_past_the_end_repeats_the_last_frame():
+    stamps = np.arange(10) / 10.0
+    assert S.clip_at_time(stamps, 0.0, 4, 1, 2.0).tolist() == [0, 5, 9, 9]
+
+
+def test_time_past_the_end_can_loop():
+    stamps = np.arange(10) / 10.0
+    assert S.clip_at_time(stamps, 0.0, 4, 1, 2.0, pad="loop").tolist() == [0, 5, 0, 5]
