@@ -1,0 +1,180 @@
+"""Point Transformer and Stratified Transformer: registry, exact attention maths, and the
+symmetries each architecture has (permutation equivariance, translation invariance)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from spatiotemporal.layers.point_attention import (
+    PointVectorAttention,
+    StratifiedWindowAttention,
+    plan_windows,
+)
+from spatiotemporal.layers.point_ops import farthest_point_sampling, knn_query
+from spatiotemporal.models import count_parameters, create_model, get_spec, list_models
+
+TINY = ["point_transformer_tiny", "stratified_transformer_tiny"]
+
+
+def room(n_floor: int = 400, n_wall: int = 250, n_box: int = 150, seed: int = 0):
+    """A floor, a wall and a box, sampled at roughly 4-5 cm like a grid-sampled scan."""
+    g = torch.Generator().manual_seed(seed)
+    floor = torch.rand(n_floor, 3, generator=g) * torch.tensor([1.6, 1.6, 0.0])
+    wall = torch.rand(n_wall, 3, generator=g) * torch.tensor([0.0, 1.6, 1.0])
+    box = torch.rand(n_box, 3, generator=g) * 0.5 + torch.tensor([0.6, 0.6, 0.0])
+    coord = torch.cat([floor, wall, box]) + torch.randn(n_floor + n_wall + n_box, 3, generator=g) * 0.003
+    color = torch.rand(len(coord), 3, generator=g)
+    normal = torch.nn.functional.normalize(torch.randn(len(coord), 3, generator=g), dim=1)
+    return coord, color, normal
+
+
+def features(name: str, coord, color, normal):
+    # The registered feature conventions: PT takes color + normal, ST takes coord + color.
+    return torch.cat([color, normal], 1) if name.startswith("point") else torch.cat([coord, color], 1)
+
+
+def build(name: str, seed: int = 0):
+    torch.manual_seed(seed)
+    return create_model(name).eval()
+
+
+def test_all_four_models_are_registered_as_point_models():
+    assert set(list_models("points")) >= {
+        "point_transformer", "point_transformer_tiny", "stratified_transformer", "stratified_transformer_tiny",
+    }
+    assert create_model("point_transformer_tiny").arch == "point_transformer"
+    assert create_model("stratified_transformer_tiny").arch == "stratified_transformer"
+
+
+def test_scannet_configs_have_the_published_sizes():
+    pt = count_parameters(create_model("point_transformer"))
+    assert abs(pt / 1e6 - get_spec("point_transformer").published_params_m) < 0.05  # 7.77M vs 7.8M
+    st = count_parameters(create_model("stratified_transformer"))
+    assert round(st / 1e6, 1) == 18.8  # the 5-stage ScanNet config; 8.0M is the 4-stage S3DIS one
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_outputs_are_per_point_logits_and_equivariant_to_point_order(name):
+    coord, color, normal = room()
+    feat = features(name, coord, color, normal)
+    offset = torch.tensor([450, len(coord)])
+    model = build(name)
+    with torch.no_grad():
+        out = model(coord, feat, offset)
+        # Permute within each cloud (clouds stay in their batch slots).
+        perm = torch.cat([torch.randperm(450), 450 + torch.randperm(len(coord) - 450)])
+        out_perm = model(coord[perm], feat[perm], offset)
+    assert out.shape == (len(coord), 20)
+    torch.testing.assert_close(out_perm, out[perm], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_outputs_are_invariant_to_translating_the_cloud(name):
+    """PT: by design (relative positions only). ST: the windows, sampling and cRPE are invariant;
+    its registered features include coordinates, so this checks it with color + normal input."""
+    coord, color, normal = room(seed=1)
+    feat = torch.cat([color, normal], 1)
+    offset = torch.tensor([len(coord)])
+    model = build(name)
+    shift = torch.tensor([3.0, -2.0, 0.5])  # binary-exact, so window edges fall identically
+    with torch.no_grad():
+        a = model(coord, feat, offset)
+        b = model(coord + shift, feat, offset)
+    torch.testing.assert_close(a, b, atol=2e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_same_seed_gives_same_outputs_and_training_reaches_every_parameter(name):
+    coord, color, normal = room(seed=2)
+    feat = features(name, coord, color, normal)
+    offset = torch.tensor([len(coord)])
+    outputs = []
+    for _ in range(2):
+        model = build(name, seed=7).train()
+        torch.manual_seed(11)  # drop-path draws from the global generator in training mode
+        outputs.append(model(coord, feat, offset))
+    out_a, out_b = outputs
+    assert torch.equal(out_a, out_b)
+    torch.nn.functional.cross_entropy(out_b, torch.randint(0, 20, (len(coord),))).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert missing == []
+
+
+def test_vector_attention_matches_the_per_point_formula():
+    torch.manual_seed(3)
+    layer = PointVectorAttention(16, share_planes=4).eval()
+    coord, x = torch.rand(60, 3), torch.randn(60, 16)
+    nbrs, _ = knn_query(8, coord, torch.tensor([60]))
+    out = layer(coord, x, nbrs)
+    with torch.no_grad():
+        q, k, v = layer.to_q(x), layer.to_k(x), layer.to_v(x)
+        i = 17
+        delta = layer.pos_mlp(coord[nbrs[i]] - coord[i])  # (8, 16)
+        w = layer.weight_mlp(k[nbrs[i]] - q[i] + delta).softmax(0)  # (8, 4): one weight per group
+        expected = ((v[nbrs[i]] + delta) * w.repeat(1, 4)).sum(0)  # channel c uses weight c % 4
+    torch.testing.assert_close(out[i], expected, atol=1e-5, rtol=1e-5)
+
+
+def stratified_reference(attn: StratifiedWindowAttention, coord, x, keys_of):
+    """The paper's formula, one query at a time: softmax over its keys of
+    scale * q.k + scale * q.r_q + k.r_k, applied to v + r_v."""
+    n, h, d = len(x), attn.num_heads, attn.head_dim
+    q, k, v = attn.qkv(x).view(n, 3, h, d).unbind(1)
+    out = torch.zeros(n, h, d)
+    for i in range(n):
+        j = keys_of[i]
+        idx = attn._bin(coord[i] - coord[j])  # (K, 3)
+        rq = sum(attn.table_q[idx[:, a], :, :, a] for a in range(3))  # (K, H, D)
+        rk = sum(attn.table_k[idx[:, a], :, :, a] for a in range(3))
+        rv = sum(attn.table_v[idx[:, a], :, :, a] for a in range(3))
+        logits = attn.scale * (q[i] * k[j]).sum(-1) + attn.scale * (q[i] * rq).sum(-1) + (k[j] * rk).sum(-1)
+        p = logits.softmax(0)  # (K, H)
+        out[i] = (p[..., None] * (v[j] + rv)).sum(0)
+    return attn.proj(out.reshape(n, h * d))
+
+
+@pytest.mark.parametrize("shift", [False, True])
+def test_stratified_keys_are_the_window_plus_sampled_points_of_the_double_window(shift):
+    torch.manual_seed(4)
+    coord = torch.rand(300, 3) * torch.tensor([0.9, 0.7, 0.3])
+    offset = torch.tensor([300])
+    w = 0.2
+    sampled = farthest_point_sampling(coord, offset, torch.tensor([75]))
+    plan = plan_windows(coord, offset, w, sampled, shift, max_elements=2000)
+    lo = coord.min(0).values
+    small = torch.floor((coord - lo + (w / 2 if shift else 0)) / w).long()
+    large = torch.floor((coord - lo + (w if shift else 0)) / (2 * w)).long()
+    is_sampled = torch.zeros(300, dtype=torch.bool)
+    is_sampled[sampled] = True
+    seen = torch.zeros(300, dtype=torch.long)
+    for queries, q_mask, keys, k_mask in plan.chunks:
+        for row in range(len(queries)):
+            got = set(keys[row][k_mask[row]].tolist())
+            for i in queries[row][q_mask[row]].tolist():
+                seen[i] += 1
+                same_small = (small == small[i]).all(1)
+                same_large = (large == large[i]).all(1)
+                expected = same_small | (same_large & is_sampled & ~same_small)
+                assert got == set(expected.nonzero().squeeze(1).tolist())
+    assert (seen == 1).all()  # every point is a query exactly once
+    assert len(plan.chunks) > 1  # the element budget split the work
+
+
+def test_stratified_attention_with_crpe_matches_the_per_query_formula():
+    torch.manual_seed(5)
+    attn = StratifiedWindowAttention(12, num_heads=3, window_size=0.2, quant_size=0.02).eval()
+    coord = torch.rand(120, 3) * torch.tensor([0.6, 0.5, 0.2])
+    x = torch.randn(120, 12)
+    offset = torch.tensor([120])
+    sampled = farthest_point_sampling(coord, offset, torch.tensor([30]))
+    plan = plan_windows(coord, offset, 0.2, sampled, shift=True, max_elements=500)
+    keys_of = {}
+    for queries, q_mask, keys, k_mask in plan.chunks:
+        for row in range(len(queries)):
+            for i in queries[row][q_mask[row]].tolist():
+                keys_of[i] = keys[row][k_mask[row]]
+    with torch.no_grad():
+        got = attn(coord, x, plan)
+        expected = stratified_reference(attn, coord, x, keys_of)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
