@@ -1,0 +1,126 @@
+"""`spatiotemporal infer PATH... --model NAME`: top-k labels for videos, per-class point counts
+(and with --out a labeled PLY and a top-down PNG) for point clouds. The model is built once."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "classify videos (top-k labels) or segment point clouds (.ply) with one model"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="videos, or point clouds (.ply/.npy/.pth/scene dirs)")
+    parser.add_argument("--model", required=True, help="a registered model name (see `spatiotemporal models`)")
+    parser.add_argument("--checkpoint", default=None, help="weights in any supported layout")
+    parser.add_argument("--views", default=None, help="video test views TxS, e.g. 4x3 (default: the model's protocol)")
+    parser.add_argument("--topk", type=int, default=5)
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+    parser.add_argument("--out", default=None, help="folder for labeled PLYs and PNG renderings (point clouds)")
+    parser.add_argument("--voxel-size", type=float, default=0.02, help="point clouds: grid size in metres")
+    parser.add_argument("--max-fragments", type=int, default=1,
+                        help="point clouds: test fragments to predict and vote over; 0 = all, Pointcept's "
+                             "protocol (default 1: every point still gets its voxel's prediction)")
+
+
+def _video(args, paths, report, fail) -> None:
+    from spatiotemporal.infer import VideoClassifier
+
+    classifier = VideoClassifier(args.model, args.checkpoint, views=args.views, device=args.device)
+    for path in paths:
+        try:
+            prediction = classifier.predict(path, topk=args.topk)
+        except Exception as err:  # noqa: BLE001 - one line per failed file, then carry on
+            fail(path, err)
+            continue
+        report({"path": path, "labels": prediction.labels, "probs": prediction.probs,
+                "class_ids": prediction.class_ids})
+        if not args.json:
+            print(path)
+            for rank, (label, prob) in enumerate(zip(prediction.labels, prediction.probs), 1):
+                print(f"  {rank}. {label:<40s} {prob:.4f}")
+
+
+def _points(args, paths, report, fail) -> None:
+    import time
+    from pathlib import Path
+
+    from spatiotemporal.infer import PointSegmenter, render_top_down, write_labeled_ply
+
+    segmenter = PointSegmenter(args.model, args.checkpoint, device=args.device, voxel_size=args.voxel_size,
+                               max_fragments=args.max_fragments)
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    for path in paths:
+        start = time.perf_counter()
+        try:
+            prediction = segmenter.predict(path)
+        except Exception as err:  # noqa: BLE001 - one line per failed file, then carry on
+            fail(path, err)
+            continue
+        record = {"path": path, "points": int(len(prediction.segment)), "fragments": prediction.fragments,
+                  "counts": prediction.counts(), "seconds": round(time.perf_counter() - start, 2)}
+        if out is not None:
+            stem = Path(path).name.rsplit(".", 1)[0]
+            record["labeled_ply"] = str(out / f"{stem}.labeled.ply")
+            record["png"] = str(out / f"{stem}.png")
+            write_labeled_ply(prediction, record["labeled_ply"])
+            render_top_down(prediction, record["png"])
+        # ru_maxrss is the process's high-water mark: the number a memory budget is about.
+        record["peak_rss_gib"] = round(_peak_rss_bytes() / 2**30, 2)
+        report(record)
+        if not args.json:
+            print(f"{path}: {record['points']} points, {record['fragments']} fragments, {record['seconds']} s, "
+                  f"peak memory {record['peak_rss_gib']} GiB")
+            for name, count in record["counts"].items():
+                print(f"  {name:<16s} {count}")
+            if out is not None:
+                print(f"  wrote {record['labeled_ply']} and {record['png']}")
+
+
+def _peak_rss_bytes() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from spatiotemporal.models.registry import get_spec
+
+    try:
+        spec = get_spec(args.model)
+    except KeyError as err:
+        print(f"error: {err.args[0]}", file=sys.stderr)
+        return 2
+    results: list[dict] = []
+    failures: list[dict] = []
+
+    def report(record: dict) -> None:
+        results.append(record)
+
+    def fail(path: str, err: BaseException) -> None:
+        from spatiotemporal.io.errors import InputError
+
+        reason = err.reason if isinstance(err, InputError) else f"{type(err).__name__}: {err}"
+        reason = " ".join(str(reason).split())
+        failures.append({"path": path, "error": reason})
+        print(f"FAILED {path}: {reason}", file=sys.stderr, flush=True)
+
+    from spatiotemporal.io.errors import CheckpointError
+
+    try:
+        if spec.family == "points":
+            _points(args, args.paths, report, fail)
+        else:
+            _video(args, args.paths, report, fail)
+    except (CheckpointError, ValueError, RuntimeError) as err:
+        # Raised while building the model (bad checkpoint, bad --views, no CUDA): nothing ran.
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"model": args.model, "results": results, "failures": failures}, indent=2))
+    return 1 if failures else 0

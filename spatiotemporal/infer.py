@@ -1,0 +1,354 @@
+"""Inference on single clips and scans, with the model built once and reused for every input.
+
+Video: the model spec says how to preprocess (frames, stride, crop, mean/std) and the paper's
+test protocol (T temporal clips x S spatial crops, averaged as softmax scores or logits); the
+result is the top-k labels with probabilities. Points: the scan is grid-sampled, predicted, and
+the predictions are carried back to every original point.
+
+Batch jobs (`pipelines/`) reuse the pieces here: `clip_views` runs in CPU decode tasks and
+`VideoClassifier.predict_views` in the inference actors.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from einops import rearrange
+
+from spatiotemporal.data.sampling import uniform_clips
+from spatiotemporal.data.transforms import center_crop, three_crop
+from spatiotemporal.io.errors import CheckpointError, InputError
+from spatiotemporal.models.registry import ModelSpec, create_model, get_spec
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for, but CUDA is not available")
+    return torch.device(device)
+
+
+def parse_views(text: str | None, spec: ModelSpec) -> tuple[int, int]:
+    """'TxS' (e.g. '4x3'), or the spec's own protocol when None."""
+    if not text:
+        return spec.protocol.temporal_views, spec.protocol.spatial_crops
+    try:
+        temporal, spatial = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--views must look like TxS (e.g. 4x3), got {text!r}") from None
+    if temporal < 1 or spatial not in (1, 3):
+        raise ValueError(f"--views {text!r}: need T >= 1 and S in (1, 3)")
+    return temporal, spatial
+
+
+@dataclass(frozen=True)
+class ClipRecipe:
+    """What to cut from a video: `views` = (temporal clips, spatial crops) of `frames` frames."""
+
+    frames: int = 16
+    stride: int = 4
+    crop: int = 224
+    short_side: int | None = None
+    views: tuple[int, int] = (1, 1)
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec, views: tuple[int, int]) -> "ClipRecipe":
+        crop = spec.crop_size or 224
+        return cls(spec.num_frames or 8, spec.frame_stride or 1, crop, spec.protocol.short_side, views)
+
+
+def clip_views(path: str | os.PathLike, recipe: ClipRecipe, timeout_s: float = 30.0) -> np.ndarray:
+    """Decode the frames the recipe needs and cut the views: uint8 (T*S, frames, H, W, C).
+
+    uint8 keeps what crosses process boundaries in a batch job four times smaller than float;
+    `views_to_input` normalizes on the consumer side.
+    """
+    from spatiotemporal.io.video import VideoReader
+
+    temporal, spatial = recipe.views
+    crop = recipe.crop
+    short_side = recipe.short_side or crop
+    with VideoReader(path, short_side=short_side, timeout_s=timeout_s) as reader:
+        total = len(reader)
+        if total < 1:
+            raise InputError(path, "the video has no decodable frames")
+        indices = uniform_clips(total, recipe.frames, recipe.stride, temporal)
+        frames = reader.get_frames(indices.reshape(-1).tolist())
+    frames = rearrange(frames, "(v t) h w c -> v t c h w", v=temporal)
+    if spatial == 1:
+        out = [center_crop(clip, crop) for clip in frames]
+    else:
+        out = [view for clip in frames for view in three_crop(clip, crop)]
+    return rearrange(torch.stack(out), "v t c h w -> v t h w c").contiguous().numpy()
+
+
+def views_to_input(views: np.ndarray | torch.Tensor, spec: ModelSpec) -> torch.Tensor:
+    """uint8 (..., V, T, H, W, C) -> normalized float in the model's layout, (V, C, T, H, W) by default."""
+    x = torch.as_tensor(views).float().div_(255)
+    mean = torch.tensor(spec.preprocess.mean, dtype=x.dtype)
+    std = torch.tensor(spec.preprocess.std, dtype=x.dtype)
+    x = (x - mean) / std
+    if spec.preprocess.layout == "BTCHW":
+        return rearrange(x, "... t h w c -> ... t c h w")
+    return rearrange(x, "... t h w c -> ... c t h w")
+
+
+def aggregate_views(logits: torch.Tensor, aggregation: str) -> torch.Tensor:
+    """(V, K) view logits -> (K,) class probabilities, averaged the way the paper evaluated."""
+    if aggregation == "logits":
+        return logits.mean(0).softmax(-1)
+    return logits.softmax(-1).mean(0)
+
+
+def class_names_for(num_classes: int, checkpoint: str | None = None) -> list[str]:
+    """Names from the checkpoint when it carries them, else Kinetics (400/600), else class_<i>."""
+    if checkpoint is not None and not checkpoint.endswith(".safetensors"):
+        try:
+            obj = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        except Exception as err:  # noqa: BLE001 - reported as an unreadable checkpoint
+            raise CheckpointError(checkpoint, f"cannot read checkpoint: {err}") from err
+        names = obj.get("class_names") if isinstance(obj, dict) else None
+        if names is not None:
+            if len(names) != num_classes:
+                raise CheckpointError(checkpoint, f"{len(names)} class names for {num_classes} classes")
+            return [str(n) for n in names]
+    if num_classes in (400, 600):
+        from spatiotemporal.meta import kinetics_class_names
+
+        return list(kinetics_class_names(num_classes))
+    return [f"class_{i}" for i in range(num_classes)]
+
+
+def _checkpoint_num_classes(checkpoint: str | None) -> int | None:
+    if checkpoint is None or checkpoint.endswith(".safetensors"):
+        return None
+    obj = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    if isinstance(obj, dict):
+        if "num_classes" in obj:
+            return int(obj["num_classes"])
+        if "class_names" in obj:
+            return len(obj["class_names"])
+    return None
+
+
+@dataclass
+class VideoPrediction:
+    path: str
+    labels: list[str]
+    probs: list[float]
+    class_ids: list[int]
+    embedding: np.ndarray | None = None
+
+
+class VideoClassifier:
+    """A video model built once: clips in, top-k labels with probabilities out."""
+
+    def __init__(
+        self,
+        model: str,
+        checkpoint: str | None = None,
+        views: str | tuple[int, int] | None = None,
+        device: str = "auto",
+        num_classes: int | None = None,
+        class_names: list[str] | None = None,
+    ):
+        self.spec = get_spec(model)
+        if self.spec.family != "video":
+            raise ValueError(f"{model} is a {self.spec.family} model, not a video model")
+        if num_classes is None:
+            num_classes = len(class_names) if class_names else _checkpoint_num_classes(checkpoint)
+        self.device = resolve_device(device)
+        self.model = create_model(model, num_classes=num_classes, pretrained=checkpoint).eval().to(self.device)
+        self.num_classes = num_classes or self.spec.num_classes
+        self.class_names = class_names or class_names_for(self.num_classes, checkpoint)
+        self.views = views if isinstance(views, tuple) else parse_views(views, self.spec)
+
+    @property
+    def recipe(self) -> ClipRecipe:
+        return ClipRecipe.from_spec(self.spec, self.views)
+
+    def views_of(self, path: str | os.PathLike) -> np.ndarray:
+        return clip_views(path, self.recipe)
+
+    @torch.inference_mode()
+    def predict_views(
+        self, views: np.ndarray, topk: int = 5, embed: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """uint8 (B, V, T, H, W, C) -> top-k (B, k) ids and probs, and (B, D) embeddings if asked."""
+        batch, count = views.shape[:2]
+        x = views_to_input(views, self.spec).to(self.device)
+        x = rearrange(x, "b v ... -> (b v) ...")
+        if embed:
+            features = self.model.forward_features(x)
+            logits = self.model.head(features) if hasattr(self.model, "head") else self.model(x)
+        else:
+            features, logits = None, self.model(x)
+        logits = rearrange(logits.float(), "(b v) k -> b v k", b=batch, v=count)
+        probs = torch.stack([aggregate_views(view_logits, self.spec.protocol.aggregation) for view_logits in logits])
+        top = probs.topk(min(topk, probs.shape[-1]), dim=-1)
+        embedding = None
+        if features is not None:
+            embedding = rearrange(features.float(), "(b v) d -> b v d", b=batch, v=count).mean(1).cpu().numpy()
+        return top.indices.cpu().numpy(), top.values.cpu().numpy(), embedding
+
+    def predict(self, path: str | os.PathLike, topk: int = 5) -> VideoPrediction:
+        ids, probs, _ = self.predict_views(self.views_of(path)[None], topk)
+        return VideoPrediction(
+            path=os.fspath(path),
+            labels=[self.class_names[i] for i in ids[0]],
+            probs=[float(p) for p in probs[0]],
+            class_ids=[int(i) for i in ids[0]],
+        )
+
+
+# ------------------------------------------------------------------------------------- points
+
+
+@dataclass
+class PointPrediction:
+    path: str
+    cloud: dict  # the input as read (numpy), for writing a labeled copy
+    segment: np.ndarray  # (N,) benchmark class ids 0..19 for every original point
+    class_names: tuple[str, ...]
+    fragments: int
+
+    @property
+    def nyu40(self) -> np.ndarray:
+        """Per-point nyu40 ids: the ScanNet benchmark's submission format."""
+        from spatiotemporal.data.scannet import NYU40_IDS
+
+        return np.asarray(NYU40_IDS, dtype=np.int64)[self.segment]
+
+    def counts(self) -> dict[str, int]:
+        """Points per predicted class, largest first, classes with no points left out."""
+        bins = np.bincount(self.segment, minlength=len(self.class_names))
+        order = np.argsort(-bins, kind="stable")
+        return {self.class_names[i]: int(bins[i]) for i in order if bins[i] > 0}
+
+
+class PointSegmenter:
+    """A point-cloud model built once: scans in, a class for every original point out.
+
+    Test-time protocol as Pointcept runs ScanNet: the scene's floor goes to z=0 and its xy
+    centre to the origin, it is voxelized at `voxel_size`, and each test fragment (one point per
+    voxel, the fragments together covering every point) is predicted; softmax scores are summed
+    back onto the points each fragment came from. `max_fragments` (None or 0 = all) caps the
+    fragments for speed; points that no predicted fragment covered take their voxel's mean score,
+    so every point is labeled even from a single fragment.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        checkpoint: str | None = None,
+        device: str = "auto",
+        voxel_size: float = 0.02,
+        max_fragments: int | None = None,
+    ):
+        from spatiotemporal.data.scannet import CLASS_NAMES
+
+        self.spec = get_spec(model)
+        if self.spec.family != "points":
+            raise ValueError(f"{model} is a {self.spec.family} model, not a point-cloud model")
+        self.device = resolve_device(device)
+        self.model = create_model(model, pretrained=checkpoint).eval().to(self.device)
+        self.voxel_size, self.max_fragments = voxel_size, max_fragments
+        self.class_names = CLASS_NAMES if self.spec.num_classes == len(CLASS_NAMES) else tuple(
+            f"class_{i}" for i in range(self.spec.num_classes)
+        )
+
+    def _features(self, fragment: dict) -> torch.Tensor:
+        parts = [fragment["color"]]
+        if self.spec.in_channels >= 6:
+            parts.append(fragment["normal"])
+        return torch.cat(parts, dim=1).float()
+
+    @torch.inference_mode()
+    def predict(self, path: str | os.PathLike, cloud: dict | None = None) -> PointPrediction:
+        from spatiotemporal.data.point_transforms import CenterShift, GridSample, NormalizeColor, to_tensors
+        from spatiotemporal.io.points import estimate_normals, read_points
+
+        cloud = read_points(path) if cloud is None else cloud
+        if "color" not in cloud:
+            raise InputError(path, "the model needs per-point colour, and this cloud has none")
+        if self.spec.in_channels >= 6 and "normal" not in cloud:
+            cloud = {**cloud, "normal": estimate_normals(cloud)}
+        scene = NormalizeColor()(CenterShift(apply_z=True)(to_tensors(cloud)))
+        fragments = GridSample(self.voxel_size, mode="test")(scene)
+        if self.max_fragments:
+            fragments = fragments[: self.max_fragments]
+        num_points, num_classes = len(scene["coord"]), self.spec.num_classes
+        point_scores = torch.zeros(num_points, num_classes)
+        voxel_scores = torch.zeros(len(fragments[0]["coord"]), num_classes)
+        for fragment in fragments:
+            fragment = CenterShift(apply_z=False)(fragment)
+            coord = fragment["coord"].float().to(self.device)
+            offset = torch.tensor([len(coord)], device=self.device)
+            logits = self.model(coord, self._features(fragment).to(self.device), offset)
+            probs = logits.float().softmax(-1).cpu()
+            point_scores.index_add_(0, fragment["index"], probs)
+            voxel_scores += probs  # fragment row v is voxel v
+        uncovered = point_scores.sum(1) == 0
+        if uncovered.any():
+            point_scores[uncovered] = voxel_scores[fragments[0]["inverse"][uncovered]]
+        return PointPrediction(
+            path=os.fspath(path),
+            cloud=cloud,
+            segment=point_scores.argmax(1).numpy(),
+            class_names=self.class_names,
+            fragments=len(fragments),
+        )
+
+
+def class_palette(num_classes: int) -> np.ndarray:
+    """(K, 3) uint8 colours, one per class, from matplotlib's qualitative maps."""
+    import matplotlib
+
+    colors = np.concatenate([matplotlib.colormaps["tab20"].colors, matplotlib.colormaps["tab20b"].colors])
+    return (np.asarray(colors[:num_classes]) * 255).round().astype(np.uint8)
+
+
+def write_labeled_ply(prediction: PointPrediction, path: str | os.PathLike) -> None:
+    """The input points coloured by predicted class, with the nyu40 id as a `label` property
+    (ScanNet's labels.ply layout, so viewers and scripts for ScanNet read it)."""
+    from spatiotemporal.io.points import write_ply
+
+    palette = class_palette(len(prediction.class_names))
+    cloud = {"coord": prediction.cloud["coord"], "label": prediction.nyu40}
+    write_ply(path, cloud, label_key="label", colors=palette[prediction.segment])
+
+
+def render_top_down(prediction: PointPrediction, path: str | os.PathLike, max_points: int = 200_000) -> None:
+    """A top-down PNG of the predicted classes; higher points are drawn last so tables and
+    furniture stay visible over the floor."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    coord = np.asarray(prediction.cloud["coord"])
+    keep = np.arange(len(coord))
+    if len(keep) > max_points:
+        keep = np.random.default_rng(0).choice(len(coord), max_points, replace=False)
+    keep = keep[np.argsort(coord[keep, 2], kind="stable")]
+    palette = class_palette(len(prediction.class_names)) / 255.0
+    fig, ax = plt.subplots(figsize=(9, 7), dpi=120)
+    ax.scatter(coord[keep, 0], coord[keep, 1], c=palette[prediction.segment[keep]], s=0.3, linewidths=0)
+    ax.set_aspect("equal")
+    ax.set_xlabel("x (m)")
+    ax.set_ylabel("y (m)")
+    ax.set_title(f"{Path(prediction.path).name}: predicted classes (top-down)")
+    counts = prediction.counts()
+    handles = [
+        Patch(color=palette[prediction.class_names.index(name)], label=f"{name} ({n})") for name, n in counts.items()
+    ]
+    ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
