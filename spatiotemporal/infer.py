@@ -107,33 +107,18 @@ def aggregate_views(logits: torch.Tensor, aggregation: str) -> torch.Tensor:
 
 def class_names_for(num_classes: int, checkpoint: str | None = None) -> list[str]:
     """Names from the checkpoint when it carries them, else Kinetics (400/600), else class_<i>."""
-    if checkpoint is not None and not checkpoint.endswith(".safetensors"):
-        try:
-            obj = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        except Exception as err:  # noqa: BLE001 - reported as an unreadable checkpoint
-            raise CheckpointError(checkpoint, f"cannot read checkpoint: {err}") from err
-        names = obj.get("class_names") if isinstance(obj, dict) else None
-        if names is not None:
-            if len(names) != num_classes:
-                raise CheckpointError(checkpoint, f"{len(names)} class names for {num_classes} classes")
-            return [str(n) for n in names]
+    from spatiotemporal.convert import read_checkpoint_meta
+
+    names = read_checkpoint_meta(checkpoint).get("class_names") if checkpoint is not None else None
+    if names is not None:
+        if len(names) != num_classes:
+            raise CheckpointError(checkpoint, f"{len(names)} class names for {num_classes} classes")
+        return [str(n) for n in names]
     if num_classes in (400, 600):
         from spatiotemporal.meta import kinetics_class_names
 
         return list(kinetics_class_names(num_classes))
     return [f"class_{i}" for i in range(num_classes)]
-
-
-def _checkpoint_num_classes(checkpoint: str | None) -> int | None:
-    if checkpoint is None or checkpoint.endswith(".safetensors"):
-        return None
-    obj = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    if isinstance(obj, dict):
-        if "num_classes" in obj:
-            return int(obj["num_classes"])
-        if "class_names" in obj:
-            return len(obj["class_names"])
-    return None
 
 
 @dataclass
@@ -160,11 +145,12 @@ class VideoClassifier:
         self.spec = get_spec(model)
         if self.spec.family != "video":
             raise ValueError(f"{model} is a {self.spec.family} model, not a video model")
-        if num_classes is None:
-            num_classes = len(class_names) if class_names else _checkpoint_num_classes(checkpoint)
+        if num_classes is None and class_names:
+            num_classes = len(class_names)
         self.device = resolve_device(device)
+        # create_model takes the class count a checkpoint of ours records when none is given.
         self.model = create_model(model, num_classes=num_classes, pretrained=checkpoint).eval().to(self.device)
-        self.num_classes = num_classes or self.spec.num_classes
+        self.num_classes = self.model.num_classes
         self.class_names = class_names or class_names_for(self.num_classes, checkpoint)
         self.views = views if isinstance(views, tuple) else parse_views(views, self.spec)
 

@@ -18,3 +18,28 @@ def test_rows_carry_the_papers_test_protocol():
     row = describe_model("mvitv2_s", flops=False)
     assert (row["input"], row["test_views"]) == ("16x4 @224", "5x1")
     assert row["params_m"] == pytest.approx(34.5, rel=0.005)
+
+
+REQUIRED_MODELS = {
+    "timesformer_base", "timesformer_hr", "timesformer_large", "timesformer_tiny",
+    "vivit_b_joint", "vivit_b_fe", "vivit_l_fe", "vivit_b_fsa", "vivit_b_fdp", "vivit_tiny",
+    "mvitv2_s", "mvitv2_b", "mvitv2_tiny", "swin3d_t", "swin3d_s", "swin3d_b", "swin3d_tiny",
+    "point_transformer", "point_transformer_tiny", "stratified_transformer", "stratified_transformer_tiny",
+}  # fmt: skip
+
+
+def test_models_command_lists_every_required_model_as_json(capsys):
+    import json
+
+    from spatiotemporal.cli import main
+
+    assert main(["models", "--json", "--no-flops"]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert REQUIRED_MODELS <= set(rows)
+    # Video models must match their papers' tables; point models report theirs beside a source.
+    for name in REQUIRED_MODELS:
+        published = rows[name]["published_params_m"]
+        if rows[name]["family"] == "points":
+            assert not published or rows[name]["params_source"], name
+        elif published:
+            assert rows[name]["params_m"] == pytest.approx(published, rel=0.005), name

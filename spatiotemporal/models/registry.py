@@ -121,6 +121,7 @@ def create_model(
     kwargs["num_classes"] = num_classes
     model = spec.builder(**kwargs)
     model.spec = spec
+    model.num_classes = kwargs["num_classes"]
     if pretrained is not None:
         from spatiotemporal.convert import load_pretrained
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from spatiotemporal.layers.drop import DropPath
+from spatiotemporal.layers.drop import DropPath, drop_path_rates
 from spatiotemporal.layers.mlp import Mlp
 from spatiotemporal.layers.point_attention import (
     PointBatchNorm,
@@ -198,7 +198,7 @@ class StratifiedTransformerSeg(nn.Module):
             KPConvResBlock(c.channels[0], c.channels[0], sigma),
         ])
         n = len(c.channels)
-        dpr = torch.linspace(0, c.drop_path_rate, sum(c.depths[1:])).tolist()
+        dpr = drop_path_rates(c.drop_path_rate, sum(c.depths[1:]))
         self.downs = nn.ModuleList(TransitionDown(c.channels[i], c.channels[i + 1], c.ratio, c.k) for i in range(n - 1))
         self.stages = nn.ModuleList()
         for i in range(1, n):
