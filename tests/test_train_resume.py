@@ -9,6 +9,7 @@ import os
 import pytest
 import torch
 
+from spatiotemporal.convert import read_state_dict
 from spatiotemporal.train.config import load_config
 from spatiotemporal.train.logs import read_metrics
 from spatiotemporal.train.loop import fit
@@ -77,7 +78,7 @@ def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(tiny_kinetics, ra
     weights = {}
     for name in ("straight", "resumed"):
         final = max((tmp_path / name).glob("checkpoint_*/position.json"), key=lambda p: json.loads(p.read_text())["step"])
-        weights[name] = torch.load(final.parent / "model.pt")
+        weights[name] = read_state_dict(final.parent / "model.pt")
     for key, value in weights["straight"].items():
         assert torch.allclose(weights["resumed"][key], value, atol=TOLERANCE), key
 
