@@ -23,6 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pipelines import video_inference
+    from pipelines.job import read_table
     from spatiotemporal.train.checkpoint import MODEL_FILE, latest_checkpoint
     from spatiotemporal.train.demo import run_points_demo, run_video_demo
 
@@ -47,7 +48,10 @@ def run(args: argparse.Namespace) -> int:
         checkpoint=str(checkpoint / MODEL_FILE),
         topk=2,
     )
-    print(summary)
+    results, failures = read_table(summary.output), read_table(summary.output, "failures")
+    print(results[["path", "labels", "probs"]].head(8).to_string(index=False))
+    for row in failures.itertuples():
+        print(f"FAILED {row.path}: {row.error}")
 
     if not args.no_points:
         print("== 3/3 train + evaluate tiny Point Transformer on synthetic ScanNet")
