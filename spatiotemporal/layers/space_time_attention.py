@@ -71,7 +71,7 @@ class Block(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-class DividedSpaceTimeBlock(nn.Module):
+class DividedSpaceTimeBlock(Block):
     """TimeSformer divided attention. Expects one class token: x is (B, 1 + T*N, D).
 
     The class token takes no part in temporal attention; in spatial attention every frame sees a copy
@@ -90,15 +90,11 @@ class DividedSpaceTimeBlock(nn.Module):
         norm_eps: float = 1e-6,
         act: str = "gelu",
     ):
-        super().__init__()
+        # The spatial attention, MLP and their norms are the plain block's; time adds its own.
+        super().__init__(dim, num_heads, mlp_ratio, qkv_bias, drop, attn_drop, drop_path, norm_eps, act)
         self.temporal_norm1 = make_norm(dim, norm_eps)
         self.temporal_attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop)
         self.temporal_fc = nn.Linear(dim, dim)
-        self.norm1 = make_norm(dim, norm_eps)
-        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop)
-        self.norm2 = make_norm(dim, norm_eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act=make_act(act), drop=drop)
-        self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
         frames = grid[0]
@@ -119,7 +115,7 @@ class DividedSpaceTimeBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-class FactorisedSelfAttentionBlock(nn.Module):
+class FactorisedSelfAttentionBlock(Block):
     """ViViT Model 3. No class token: x is (B, T*N, D). Spatial then temporal self-attention, then MLP."""
 
     def __init__(
@@ -134,14 +130,9 @@ class FactorisedSelfAttentionBlock(nn.Module):
         norm_eps: float = 1e-6,
         act: str = "gelu_tanh",
     ):
-        super().__init__()
-        self.norm1 = make_norm(dim, norm_eps)
-        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop)
+        super().__init__(dim, num_heads, mlp_ratio, qkv_bias, drop, attn_drop, drop_path, norm_eps, act)
         self.temporal_norm1 = make_norm(dim, norm_eps)
         self.temporal_attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop)
-        self.norm2 = make_norm(dim, norm_eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act=make_act(act), drop=drop)
-        self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
         frames = grid[0]
