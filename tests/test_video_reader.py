@@ -157,6 +157,23 @@ def test_x264_stream_needing_the_encoder_sei_decodes_right_after_seeks(video_dir
     assert torch.equal(reader.get_frames(indices), ffmpeg_frames(path, indices))
 
 
+def test_cockatoo_default_reader_stays_frame_exact_from_one_open_reader(video_dir):
+    """One open default reader (PyAV with frame threads, one swscale context for every frame)
+    serves 16x4 clips that seek back, go on without seeking (3 then 70), and cross keyframes 76
+    and 145. Every clip is ffmpeg's frames, in the order read and again in reverse."""
+    path = video_dir / "cockatoo.mp4"
+    clips = [list(range(start, start + 64, 4)) for start in (150, 3, 70, 90, 200, 140)]
+    wanted = sorted({i for clip in clips for i in clip})
+    reference = ffmpeg_frames(path, wanted)
+    position = {i: n for n, i in enumerate(wanted)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        reader = VideoReader(path)
+    with reader:
+        for indices in clips + clips[::-1]:
+            assert torch.equal(reader.get_frames(indices), reference[[position[i] for i in indices]])
+
+
 @pytest.mark.parametrize("name", ["vp9_webm", "mpeg4_avi", "hevc_mkv", "h264_mp4"])
 @pytest.mark.parametrize("backend", ("auto",) + BACKENDS)
 def test_generated_codecs_decode_like_ffmpeg(generated, name, backend):
@@ -267,7 +284,7 @@ def test_variable_rate_video_exposes_its_real_timestamps(generated):
 
 
 # ---------------------------------------------------------------------------------------------
-# decord's faults: hangs and leaks
+# decord's faults: hangs (its leak, and memory over many reads: test_video_memory.py)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -284,61 +301,3 @@ def test_decord_timeout_without_fallback_is_an_error(video_dir):
     with pytest.raises(VideoDecodeError, match="did not answer within") as caught:
         VideoReader(path, backend="decord", timeout_s=1e-6)
     assert caught.value.path == str(path)
-
-
-def _rss_mb() -> float:
-    import psutil
-
-    return psutil.Process().memory_info().rss / 2**20
-
-
-# RSS may grow by at most this much over 500 clip reads after a 20-read warm-up (allocator pools,
-# decoder buffers come and go by a few tens of MB; a per-read leak of 0.1 MB would cross it).
-RSS_BOUND_MB = 48.0
-
-
-def random_walk_clips(count: int, num_frames: int, clip: int, seed: int) -> list[list[int]]:
-    """Clips at random places, visited forward (random gaps, back to a random early start at the
-    end of the file), as a sliding-window sweep over shuffled files would: the decoder keeps
-    going instead of re-decoding each GOP, which keeps 500 reads of a 720p file affordable."""
-    rng = np.random.default_rng(seed)
-    clips, start = [], int(rng.integers(0, clip))
-    while len(clips) < count:
-        if start + clip > num_frames:
-            start = int(rng.integers(0, clip))
-        clips.append(list(range(start, start + clip)))
-        start += clip + int(rng.integers(0, clip))
-    return clips
-
-
-@pytest.mark.slow
-def test_default_reader_does_not_leak_over_500_cockatoo_clips(video_dir):
-    """500 random 8-frame clips of the 720p sample, short side 64, reopening the file every 10
-    reads as a data loader would."""
-    path = video_dir / "cockatoo.mp4"
-    clips = random_walk_clips(520, 280, clip=8, seed=2)
-    reader = None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        for n, indices in enumerate(clips):
-            if n % 10 == 0:
-                reader = VideoReader(path, short_side=64)
-            assert reader.get_frames(indices).shape == (8, 64, 113, 3)
-            if n == 19:
-                baseline = _rss_mb()
-    growth = _rss_mb() - baseline
-    assert growth < RSS_BOUND_MB, f"RSS grew {growth:.1f} MB over 500 reads"
-
-
-@pytest.mark.slow
-def test_decord_backend_does_not_leak_over_500_clips(tmp_path):
-    """decord's own leak across get_batch calls: 500 random 16-frame clips from one reader."""
-    path = vf.testsrc(tmp_path / "k.mp4", frames=300, size="320x180", fps=30, extra=("-g", "30"))
-    clips = random_clips(520, 300, clip=16, stride=1, seed=3)
-    with VideoReader(path, backend="decord", short_side=64) as reader:
-        for n, indices in enumerate(clips):
-            assert reader.get_frames(indices).shape == (16, 64, 113, 3)
-            if n == 19:
-                baseline = _rss_mb()
-    growth = _rss_mb() - baseline
-    assert growth < RSS_BOUND_MB, f"RSS grew {growth:.1f} MB over 500 reads"

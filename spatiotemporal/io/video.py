@@ -16,9 +16,11 @@ Why the work is split the way it is:
   fixed read forward from the first keyframe instead, and decord (which always seeks) is refused.
   The case met in practice is old x264 streams whose bug workaround ffmpeg enables only after
   reading x264's SEI in the first packet (`_decoder_options`).
-- decord leaks memory across `get_batch` calls unless the reader is rewound (`seek(0)`), and it
-  can hang on some files, so every decord call runs under a per-file timeout in a daemon thread;
-  on timeout or error the reader falls back to PyAV (backend "auto") or raises.
+- decord leaks memory across `get_batch` calls unless the reader is rewound (`seek(0)`) right
+  after each, and it can hang on some files, so every decord call runs under a per-file timeout
+  in a daemon thread; on timeout or error the reader falls back to PyAV (backend "auto") or raises.
+- PyAV converts only the frames it keeps, through one swscale context per reader, straight into
+  the output batch; rgb24 conversion still costs a large share of a read on 4:4:4 streams.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import av
 import numpy as np
 import torch
 import torch.nn.functional as F
+from av.video.reformatter import VideoReformatter
 from einops import rearrange
 
 from spatiotemporal.io.errors import VideoDecodeError
@@ -351,6 +354,7 @@ def resize_short_side(frames: torch.Tensor, short_side: int) -> torch.Tensor:
 
 # --------------------------------------------------------------------------------------------
 # Backends. Each decodes sorted unique frame indices to full-resolution rgb24 frames.
+# `more_follow` says the next read starts right after this one (a sequential sweep).
 # --------------------------------------------------------------------------------------------
 
 
@@ -467,7 +471,6 @@ class _DecordBackend:
                 "build ffmpeg needs) and decord always seeks to them"
             )
         self.timeout_s = timeout_s
-        self._next = 0  # the frame decord's position is at after the last read
         self.reader = _call_with_timeout(
             lambda: decord.VideoReader(path, ctx=decord.cpu(0), num_threads=0), timeout_s
         )
@@ -494,21 +497,22 @@ class _DecordBackend:
             reference.close()
         return torch.equal(ours, theirs)
 
-    def decode(self, indices: np.ndarray) -> torch.Tensor:
+    def decode(self, indices: np.ndarray, more_follow: bool = False) -> torch.Tensor:
         reader = self.reader
-        # Rewinding releases decord's cached packets and frames, its known leak across reads. A
-        # read that picks up where the last one stopped (chunked sequential decode) skips it:
-        # rewinding would make decord decode again from the keyframe, quadratic over a file.
-        rewind = int(indices[0]) != self._next
+        # After get_batch, decord's decoder thread keeps decoding ahead while the caller is busy
+        # elsewhere, and a later read's seek frees only part of those frames: RSS climbs by
+        # hundreds of MB on 720p. Rewinding right after the read stops it (a rewind before the
+        # next read is too late). A sequential sweep keeps its place instead: rewinding between
+        # its chunks would decode each chunk again from its keyframe, quadratic within a GOP.
+        rewind = not more_follow
 
         def read() -> np.ndarray:
+            batch = reader.get_batch(indices.tolist()).asnumpy()
             if rewind:
                 reader.seek(0)
-            return reader.get_batch(indices.tolist()).asnumpy()
+            return batch
 
-        batch = _call_with_timeout(read, self.timeout_s)
-        self._next = int(indices[-1]) + 1
-        return torch.from_numpy(batch)
+        return torch.from_numpy(_call_with_timeout(read, self.timeout_s))
 
     def close(self) -> None:
         # Free the native decoder now, not when the object is collected: after a failed read it
@@ -547,11 +551,53 @@ class _TorchCodecBackend:
             custom_frame_mappings=json.dumps(mappings),
         )
 
-    def decode(self, indices: np.ndarray) -> torch.Tensor:
+    def decode(self, indices: np.ndarray, more_follow: bool = False) -> torch.Tensor:
         return self.decoder.get_frames_at(indices.tolist()).data
 
     def close(self) -> None:
         self.decoder = None
+
+
+class _RGBConverter:
+    """rgb24 conversion through one swscale context kept for the life of a reader.
+
+    `frame.to_ndarray(format="rgb24")` builds a context (with a thread pool) for every frame and
+    frees it with the frame; on 720p that costs a fifth of the conversion itself. The flags are
+    to_ndarray's (bilinear, no resize), so the pixels are the same. One thread: the decoder's
+    frame threads already keep the other cores busy while this thread converts.
+    """
+
+    def __init__(self) -> None:
+        self._reformatter = VideoReformatter()
+
+    def __call__(self, frame: av.VideoFrame) -> np.ndarray:
+        return self._reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray()
+
+
+class _FrameBatch:
+    """The kept frames, converted as they come straight into one (T, H, W, C) array, so a read
+    holds each full-resolution picture once (no list of frames to stack afterwards)."""
+
+    def __init__(self, count: int, to_rgb: _RGBConverter):
+        self._count = count
+        self._to_rgb = to_rgb
+        self._filled = 0
+        self._array: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return self._filled
+
+    def append(self, frame: av.VideoFrame) -> None:
+        rgb = self._to_rgb(frame)
+        if self._array is None:
+            self._array = np.empty((self._count, *rgb.shape), dtype=np.uint8)
+        self._array[self._filled] = rgb
+        self._filled += 1
+
+    @property
+    def array(self) -> np.ndarray:
+        assert self._array is not None and self._filled == self._count, "batch read before it was full"
+        return self._array
 
 
 class _PyAVBackend:
@@ -570,14 +616,15 @@ class _PyAVBackend:
         self.stream = _video_stream(self.container, path)
         self.stream.thread_type = "AUTO"
         self.stream.codec_context.options = _decoder_options(index)
+        self._to_rgb = _RGBConverter()
         self._decoded = None  # the live frame iterator, positioned after `self._last`
         self._last: int | None = None
 
-    def decode(self, indices: np.ndarray) -> torch.Tensor:
+    def decode(self, indices: np.ndarray, more_follow: bool = False) -> torch.Tensor:
         frames = self._decode_by_pts(indices) if self.index.has_all_pts else None
         if frames is None:
             frames = self._decode_in_order(indices)
-        return torch.from_numpy(np.stack(frames))
+        return torch.from_numpy(frames.array)
 
     def _frames(self):
         """Decoded frames; ffmpeg errors become VideoDecodeError with how far the file decodes."""
@@ -591,10 +638,10 @@ class _PyAVBackend:
     def _seek_point(self, stamp: int) -> int:
         return int(self.seek_points[max(np.searchsorted(self.seek_points, stamp, side="right") - 1, 0)])
 
-    def _decode_by_pts(self, indices: np.ndarray) -> list[np.ndarray] | None:
+    def _decode_by_pts(self, indices: np.ndarray) -> _FrameBatch | None:
         pts = self.index.pts
         wanted = pts[indices]
-        found: list[np.ndarray] = []
+        found = _FrameBatch(len(wanted), self._to_rgb)
         while len(found) < len(wanted):
             target = int(wanted[len(found)])
             start = self._seek_point(target)
@@ -614,7 +661,7 @@ class _PyAVBackend:
                     return None  # decoded timestamps differ from demuxed ones
                 self._last = stamp
                 if stamp == target:
-                    found.append(frame.to_ndarray(format="rgb24"))
+                    found.append(frame)
                     if len(found) == len(wanted):
                         break
                     target = int(wanted[len(found)])
@@ -629,18 +676,18 @@ class _PyAVBackend:
                 )
         return found
 
-    def _decode_in_order(self, indices: np.ndarray) -> list[np.ndarray]:
+    def _decode_in_order(self, indices: np.ndarray) -> _FrameBatch:
         self._decoded, self._last = None, None
         self.container.seek(0)
-        wanted = {int(i): slot for slot, i in enumerate(indices)}
-        out: list[np.ndarray | None] = [None] * len(indices)
+        wanted = set(indices.tolist())  # sorted and unique, so frames arrive in slot order
+        out = _FrameBatch(len(indices), self._to_rgb)
         last = int(indices[-1])
         count = -1
         for count, frame in enumerate(self._frames()):
             if count in wanted:
-                out[wanted[count]] = frame.to_ndarray(format="rgb24")
+                out.append(frame)
             if count >= last:
-                return out  # type: ignore[return-value]
+                return out
         raise VideoDecodeError(self.path, f"the stream ends before frame {last}", count + 1)
 
     def close(self) -> None:
@@ -724,6 +771,9 @@ class VideoReader:
 
     def get_frames(self, indices: Sequence[int]) -> torch.Tensor:
         """uint8 (T, H, W, C) frames at `indices` (any order, repeats allowed), as displayed."""
+        return self._get_frames(indices, more_follow=False)
+
+    def _get_frames(self, indices: Sequence[int], more_follow: bool) -> torch.Tensor:
         wanted = np.asarray(indices, dtype=np.int64).reshape(-1)
         if wanted.size == 0:
             raise ValueError("get_frames needs at least one index")
@@ -732,7 +782,7 @@ class VideoReader:
             bad = int(wanted[(wanted < 0) | (wanted >= count)][0])
             raise IndexError(f"{self.path}: frame {bad} is out of range [0, {count})")
         unique, inverse = np.unique(wanted, return_inverse=True)
-        frames = self._decode(unique)
+        frames = self._decode(unique, more_follow)
         if not self._backend.rotates:
             frames = rotate_frames(frames, self.metadata.rotation)
         if self.short_side is not None:
@@ -741,9 +791,9 @@ class VideoReader:
             frames = frames[torch.from_numpy(inverse)]
         return frames
 
-    def _decode(self, unique: np.ndarray) -> torch.Tensor:
+    def _decode(self, unique: np.ndarray, more_follow: bool) -> torch.Tensor:
         try:
-            frames = self._backend.decode(unique)
+            frames = self._backend.decode(unique, more_follow)
         except VideoDecodeError:
             raise
         except Exception as error:
@@ -755,7 +805,7 @@ class VideoReader:
             self._warn_fallback(error)
             self._backend.close()
             self._backend = self._pyav()
-            frames = self._backend.decode(unique)
+            frames = self._backend.decode(unique, more_follow)
         if frames.shape[0] != len(unique):
             raise VideoDecodeError(
                 self.path, f"{self.backend} returned {frames.shape[0]} of {len(unique)} frames"
@@ -768,9 +818,14 @@ class VideoReader:
         return torch.cat(parts) if len(parts) > 1 else parts[0]
 
     def iter_chunks(self, chunk: int = _CHUNK) -> Iterator[torch.Tensor]:
-        """All frames in order, `chunk` at a time (sequential decode without holding the video)."""
+        """All frames in order, `chunk` at a time (sequential decode without holding the video).
+
+        Each chunk tells the decoder that the next one follows, so it keeps its place; a sweep
+        abandoned half-way leaves decord unrewound until the next read, which rewinds it.
+        """
         for start in range(0, len(self), chunk):
-            yield self.get_frames(range(start, min(start + chunk, len(self))))
+            stop = min(start + chunk, len(self))
+            yield self._get_frames(range(start, stop), more_follow=stop < len(self))
 
     def close(self) -> None:
         if getattr(self, "_backend", None) is not None:
