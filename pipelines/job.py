@@ -248,15 +248,20 @@ def run_job(
     failures = _ShardBuffer(store, "failures", shard_rows)
     ok = failed = 0
     stalled = False
+    # Where the time went before the first result: starting Ray (when the job starts its own) and
+    # then the plan's workers (processes, imports, models). `seconds` includes both.
+    timings: dict[str, float] = {}
     start = time.perf_counter()
     bar = tqdm(total=len(todo), desc=name, unit="input", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     try:
         if todo:
             with ray_session(address, num_cpus):
+                timings["ray_start_s"] = time.perf_counter() - start
                 _quiet_ray_data()
                 dataset = plan(pending_dataset(todo, rows_per_block))
                 stream = _OutputStream(dataset, stall_timeout_s)
                 for batch in stream:
+                    timings.setdefault("first_output_s", time.perf_counter() - start)
                     for row in _rows(batch):
                         row_id = str(row["id"])
                         # A retried task may resend rows that already arrived; keep the first.
@@ -298,6 +303,7 @@ def run_job(
         skipped=skipped,
         seconds=time.perf_counter() - start,
         output=str(store.root),
+        extra={k: round(v, 3) for k, v in timings.items()},
     )
     (store.root / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
     # The summary prints even without a progress bar: it is the job's one-line receipt.

@@ -1,8 +1,16 @@
-"""Classify many videos: CPU tasks decode and cut the test views, an actor pool runs the model.
+"""Classify many videos: decode and cut the test views, then run the model, in a pool of actors.
 
-Decoding is spread over Ray tasks (cheap to retry, scheduled on any node); the model lives in a
-pool of actors so it is built once per worker, on a GPU when the cluster has one. Views travel
-between the two as uint8, and the actors batch several videos per forward pass.
+The model lives in a pool of actors (`workers` of them) so it is built once per worker. How the
+work is laid out on the cluster is `resource_plan`'s job:
+
+- with GPUs, decoding is spread over CPU tasks (cheap to retry, scheduled on any node) that feed
+  one actor per GPU; views travel between the two as uint8;
+- on a CPU-only cluster the model and the decoder compete for the same cores, so each worker is
+  one actor that decodes its own batch and runs the model on one thread, reserving one CPU:
+  `workers` is then the number of cores the job uses, nothing is oversubscribed, and decoded views
+  never cross a process boundary.
+
+Either way the actors batch several videos per forward pass.
 
 Result rows: id, path, class_ids, labels, probs (top-k, best first), optional embedding, and
 timings (decode_s, infer_s) with where the work ran (decode_node, infer_node, infer_pid).
@@ -12,6 +20,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -50,10 +59,14 @@ def decode_batch(batch: dict[str, np.ndarray], recipe, timeout_s: float) -> dict
 
 
 class Predictor:
-    """An inference actor: holds one model, turns batches of views into top-k rows."""
+    """An inference actor: holds one model, turns batches of views into top-k rows.
+
+    Given a `recipe`, it decodes the batch's videos itself (the CPU-only plan); otherwise the
+    batch arrives with its `views` already decoded by `decode_batch` tasks.
+    """
 
     def __init__(self, model: str, checkpoint: str | None, views: tuple[int, int], topk: int, embed: bool,
-                 device: str, threads: int):
+                 device: str, threads: int, recipe=None, timeout_s: float = 30.0):
         import ray
         import torch
 
@@ -62,12 +75,15 @@ class Predictor:
         torch.set_num_threads(max(1, threads))
         self.classifier = VideoClassifier(model, checkpoint, views=views, device=device)
         self.topk, self.embed = topk, embed
+        self.recipe, self.timeout_s = recipe, timeout_s
         self.node = ray.get_runtime_context().get_node_id()
         self.pid = os.getpid()
 
     def __call__(self, batch: dict[str, np.ndarray]):
         import pyarrow as pa
 
+        if self.recipe is not None:
+            batch = decode_batch(batch, self.recipe, self.timeout_s)
         count = len(batch["id"])
         ok = np.array([not e for e in batch["error"]], dtype=bool)
         k = min(self.topk, self.classifier.num_classes)
@@ -106,6 +122,46 @@ def _decode_task_options() -> dict:
     return {"scheduling_strategy": "SPREAD", "max_retries": -1}
 
 
+@dataclass(frozen=True)
+class ResourcePlan:
+    """Where each stage runs and what it reserves.
+
+    `decode_in_actor`: the actors decode their own batches (no decode tasks). `actor`: Ray
+    resources of one inference actor. `threads`: torch threads per actor. `decode_cpus`: what
+    one decode task reserves when decoding runs in tasks.
+    """
+
+    decode_in_actor: bool
+    actor: dict[str, float]
+    threads: int
+    decode_cpus: float
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.actor.get("num_gpus", 0) else "cpu"
+
+
+def resource_plan(workers: int, cluster: dict[str, float], device: str = "auto",
+                  decode_cpus: float = 0.5) -> ResourcePlan:
+    """How `workers` inference workers use a cluster with `cluster` resources (`ray.cluster_resources()`).
+
+    GPUs: one GPU per actor; decode tasks take the CPUs. CPU only: a worker is one core that
+    decodes and runs the model on one thread. Threads beyond that would only oversubscribe the
+    cores that other workers use (2 actors x 2 threads on 2 cores, or actors competing with decode
+    tasks), and separate decode tasks would only add processes and copies on those same cores.
+    A worker reserves a whole CPU, so Ray places no other work on it, unless more workers are asked
+    for than the cluster has CPUs: then they share what there is rather than wait forever.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    gpus = cluster.get("GPU", 0) if device in ("auto", "cuda") else 0
+    if gpus >= 1:
+        return ResourcePlan(decode_in_actor=False, actor={"num_gpus": 1}, threads=1, decode_cpus=decode_cpus)
+    cpus = cluster.get("CPU", 1) or 1
+    share = min(1.0, cpus / workers)
+    return ResourcePlan(decode_in_actor=True, actor={"num_cpus": share}, threads=1, decode_cpus=decode_cpus)
+
+
 def run(
     input: str | os.PathLike,
     output: str | os.PathLike,
@@ -138,37 +194,38 @@ def run(
     def plan(dataset):
         import ray
 
-        gpus = ray.cluster_resources().get("GPU", 0) if device in ("auto", "cuda") else 0
-        # Half a logical CPU per CPU actor: a pool restarted onto fewer nodes (after a node is
-        # lost) must still leave room for decode tasks, or the job would wait forever.
-        actor_resources = {"num_gpus": 1} if gpus >= 1 else {"num_cpus": 0.5}
-        decoded = dataset.map_batches(
-            decode_batch,
-            fn_kwargs={"recipe": recipe, "timeout_s": timeout_s},
-            batch_size=None,
-            batch_format="numpy",
-            num_cpus=decode_cpus,
-            # Decoding is the part that scales with nodes: spread it rather than pack it, and
-            # rerun a task lost with its worker or node. Given as a function, these options also
-            # keep Ray Data from fusing decoding into the actors: it must stay in spreadable tasks.
-            ray_remote_args_fn=_decode_task_options,
-        )
-        return decoded.map_batches(
+        layout = resource_plan(workers, ray.cluster_resources(), device, decode_cpus)
+        predictor_kwargs = {
+            "model": model,
+            "checkpoint": checkpoint,
+            "views": recipe.views,
+            "topk": topk,
+            "embed": embed,
+            "device": layout.device,
+            "threads": layout.threads,
+        }
+        if layout.decode_in_actor:
+            predictor_kwargs.update(recipe=recipe, timeout_s=timeout_s)
+        else:
+            dataset = dataset.map_batches(
+                decode_batch,
+                fn_kwargs={"recipe": recipe, "timeout_s": timeout_s},
+                batch_size=None,
+                batch_format="numpy",
+                num_cpus=layout.decode_cpus,
+                # Decoding is the part that scales with nodes: spread it rather than pack it, and
+                # rerun a task lost with its worker or node. Given as a function, these options
+                # also keep Ray Data from fusing decoding into the GPU actors.
+                ray_remote_args_fn=_decode_task_options,
+            )
+        return dataset.map_batches(
             Predictor,
-            fn_constructor_kwargs={
-                "model": model,
-                "checkpoint": checkpoint,
-                "views": recipe.views,
-                "topk": topk,
-                "embed": embed,
-                "device": "cuda" if gpus >= 1 else "cpu",
-                "threads": 1,
-            },
+            fn_constructor_kwargs=predictor_kwargs,
             batch_size=batch_size,
             batch_format="numpy",
             # Ray Data restarts a killed actor and retries its batch by default.
             compute=ray.data.ActorPoolStrategy(size=workers),
-            **actor_resources,
+            **layout.actor,
         )
 
     return run_job(

@@ -162,6 +162,21 @@ def test_video_inference_matches_the_library_and_records_failures(ray_cluster, m
         assert len(row["embedding"]) == 192 and row["decode_s"] > 0 and row["infer_s"] > 0
 
 
+def test_cpu_workers_each_take_one_core_that_decodes_and_infers():
+    """On CPUs a worker is one actor on one core and one torch thread, decoding its own batches:
+    nothing oversubscribed, and `workers` is the number of cores the job uses. With GPUs, decode
+    tasks feed one actor per GPU."""
+    cpu = video_inference.resource_plan(2, {"CPU": 2.0})
+    assert cpu.decode_in_actor and cpu.actor == {"num_cpus": 1.0} and cpu.threads == 1 and cpu.device == "cpu"
+    # More workers than CPUs share them rather than wait forever for a CPU each.
+    assert video_inference.resource_plan(4, {"CPU": 2.0}).actor == {"num_cpus": 0.5}
+    gpu = video_inference.resource_plan(2, {"CPU": 8.0, "GPU": 2.0})
+    assert not gpu.decode_in_actor and gpu.actor == {"num_gpus": 1} and gpu.device == "cuda"
+    assert video_inference.resource_plan(1, {"CPU": 8.0, "GPU": 1.0}, device="cpu").decode_in_actor
+    with pytest.raises(ValueError):
+        video_inference.resource_plan(0, {"CPU": 2.0})
+
+
 def test_pipeline_run_reads_a_config_with_overrides(ray_cluster, mixed_inputs, tmp_path):
     from pipelines.config import run_config
 
@@ -179,6 +194,8 @@ def test_summary_json_and_failures_table_name_path_and_error(ray_cluster, mixed_
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert {k: summary[k] for k in ("ok", "failed", "skipped", "total")} == {"ok": 4, "failed": 3, "skipped": 0, "total": 7}
     assert summary["throughput"] > 0
+    # Start-up is part of `seconds`, and the summary says how much of it went before the first result.
+    assert 0 <= summary["extra"]["ray_start_s"] <= summary["extra"]["first_output_s"] <= summary["seconds"]
     failures = pd.read_parquet(tmp_path / "failures")
     assert list(failures.columns) == ["id", "path", "error"]
     assert all(Path(p).is_absolute() for p in failures["path"]) and failures["error"].str.len().min() > 0
