@@ -77,11 +77,12 @@ def test_default_reader_rss_stays_within_64_mib_over_500_random_cockatoo_clips(v
 
 def test_the_rss_check_fails_on_a_leak(video_dir):
     """The measurement sees a leak: the same loop, keeping every clip it reads (4.7 MiB each, a
-    cache that never evicts), passes the 64 MiB bound within 16 reads."""
+    cache that never evicts: 190 MiB over 40 reads), passes the 64 MiB bound. Freed pages from the
+    warm-up absorb part of what is kept, so the margin is wide on purpose."""
     path = video_dir / "flipping_a_pancake.mkv"
     kept: list[torch.Tensor] = []
     with VideoReader(path) as reader:
-        growth = rss_growth(lambda indices: kept.append(reader.get_frames(indices)), random_clips(18, 310, seed=4), 2)
+        growth = rss_growth(lambda indices: kept.append(reader.get_frames(indices)), random_clips(42, 310, seed=4), 2)
     assert growth > COCKATOO_BOUND_MIB
 
 
