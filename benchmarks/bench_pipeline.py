@@ -47,21 +47,6 @@ def _make_clips(root: Path, count: int) -> Path:
     return manifest
 
 
-def _tree_cpu() -> float:
-    """CPU seconds of this process and every descendant, live or already reaped."""
-    import psutil
-
-    total = 0.0
-    me = psutil.Process()
-    for proc in [me, *me.children(recursive=True)]:
-        try:
-            t = proc.cpu_times()
-        except psutil.Error:
-            continue
-        total += t.user + t.system + t.children_user + t.children_system
-    return total
-
-
 def _settle(timeout_s: float = 60.0) -> None:
     """Wait for the last job's actors to exit, so their teardown is not charged to the next setup."""
     import psutil
@@ -82,16 +67,16 @@ def _settle(timeout_s: float = 60.0) -> None:
 
 def _ray_job(manifest: Path, out: Path, workers: int) -> dict:
     from pipelines import video_inference
+    from spatiotemporal.train.process_cpu import ProcessTreeCPU
 
     _settle()
-    cpu = _tree_cpu()
-    summary = video_inference.run(manifest, out, model=MODEL, views=VIEWS, workers=workers, batch_size=BATCH,
-                                  resume=False, progress=False)
+    with ProcessTreeCPU() as cpu:
+        summary = video_inference.run(manifest, out, model=MODEL, views=VIEWS, workers=workers, batch_size=BATCH,
+                                      resume=False, progress=False)
+        _settle()  # the actors' exit is part of the job's CPU cost, not the next setup's
     assert summary.failed == 0, f"{summary.failed} clips failed"
-    _settle()
-    first = summary.extra["first_output_s"]
-    return {"seconds": summary.seconds, "first_s": first, "count": summary.ok, "first_count": BATCH,
-            "cpu_s": _tree_cpu() - cpu}
+    return {"seconds": summary.seconds, "first_s": summary.extra["first_output_s"], "count": summary.ok,
+            "first_count": BATCH, "cpu_s": cpu.seconds}
 
 
 def _reference(manifest: Path) -> dict:
@@ -101,7 +86,9 @@ def _reference(manifest: Path) -> dict:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     launched = time.time()
     done = subprocess.run([sys.executable, "-m", "benchmarks.bench_pipeline", "--reference", str(manifest)],
-                          cwd=ROOT, check=True, capture_output=True, text=True)
+                          cwd=ROOT, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"the reference exited with {done.returncode}: {done.stderr[-2000:]}")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the process and its DataLoader worker
     report = json.loads(done.stdout.strip().splitlines()[-1])
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime

@@ -22,7 +22,7 @@ from einops import rearrange
 from spatiotemporal.data.sampling import uniform_clips
 from spatiotemporal.data.transforms import center_crop, three_crop
 from spatiotemporal.io.errors import CheckpointError, InputError
-from spatiotemporal.models.registry import ModelSpec, create_model, get_spec
+from spatiotemporal.models.registry import ModelSpec, create_model, get_spec, point_feature_keys
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -243,6 +243,7 @@ class PointSegmenter:
             raise ValueError(f"{model} is a {self.spec.family} model, not a point-cloud model")
         self.device = resolve_device(device)
         self.model = create_model(model, pretrained=checkpoint).eval().to(self.device)
+        self.feature_keys = point_feature_keys(self.model)
         self.voxel_size, self.max_fragments = voxel_size, max_fragments
         self.class_names = CLASS_NAMES if self.spec.num_classes == len(CLASS_NAMES) else tuple(
             f"class_{i}" for i in range(self.spec.num_classes)
@@ -256,13 +257,13 @@ class PointSegmenter:
 
     @torch.inference_mode()
     def predict(self, path: str | os.PathLike, cloud: dict | None = None) -> PointPrediction:
-        from spatiotemporal.data.point_transforms import CenterShift, GridSample, NormalizeColor, to_tensors
+        from spatiotemporal.data.point_transforms import CenterShift, GridSample, NormalizeColor, point_features, to_tensors
         from spatiotemporal.io.points import estimate_normals, read_points
 
         cloud = read_points(path) if cloud is None else cloud
         if "color" not in cloud:
             raise InputError(path, "the model needs per-point colour, and this cloud has none")
-        if self.spec.in_channels >= 6 and "normal" not in cloud:
+        if "normal" in self.feature_keys and "normal" not in cloud:
             cloud = {**cloud, "normal": estimate_normals(cloud)}
         scene = NormalizeColor()(CenterShift(apply_z=True)(to_tensors(cloud)))
         fragments = GridSample(self.voxel_size, mode="test")(scene)
@@ -275,7 +276,7 @@ class PointSegmenter:
             fragment = CenterShift(apply_z=False)(fragment)
             coord = fragment["coord"].float().to(self.device)
             offset = torch.tensor([len(coord)], device=self.device)
-            logits = self.model(coord, self._features(fragment).to(self.device), offset)
+            logits = self.model(coord, point_features(fragment, self.feature_keys).to(self.device), offset)
             probs = logits.float().softmax(-1).cpu()
             point_scores.index_add_(0, fragment["index"], probs)
             voxel_scores += probs  # fragment row v is voxel v

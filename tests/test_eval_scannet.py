@@ -164,3 +164,47 @@ def test_cli_reports_a_missing_prediction_folder_as_an_error(tmp_path):
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 2 and "nope: prediction directory does not exist" in done.stdout
+
+
+def test_cli_model_path_writes_submissions_that_score_the_same_against_the_raw_labels(tmp_path):
+    """`eval scannet --config --checkpoint --data` votes the model onto every raw vertex: its
+    submission files, scored on their own against the raw `labels.ply`, give the same numbers."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    from spatiotemporal.data.scannet import preprocess_raw_scene
+    from spatiotemporal.data.synthetic_scannet import SceneSpec, write_dataset
+    from spatiotemporal.io.points import read_points, write_preprocessed
+    from spatiotemporal.models import create_model
+
+    raw, data = tmp_path / "raw", tmp_path / "data"
+    scenes = write_dataset(raw, 2, seed=7, spec=SceneSpec(spacing=0.08), val_fraction=0)["train"]
+    for name in scenes:
+        write_preprocessed(data / "val" / name, preprocess_raw_scene(raw / name))
+    torch.manual_seed(0)
+    torch.save(create_model("point_transformer_tiny", num_classes=20).state_dict(), tmp_path / "model.pt")
+    config = Path(__file__).resolve().parents[1] / "configs" / "point_transformer_tiny_synthetic_scannet.yaml"
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "spatiotemporal.cli", "eval", "scannet", *args],
+                              capture_output=True, text=True, timeout=600)
+
+    model_run = cli("--config", str(config), "--checkpoint", str(tmp_path / "model.pt"), "--data", str(data),
+                    "--out", str(tmp_path / "out"), "--json", str(tmp_path / "model.json"))
+    assert model_run.returncode == 0, model_run.stdout + model_run.stderr
+    for name in scenes:
+        vertices = len(read_points(raw / name / f"{name}_vh_clean_2.ply")["coord"])
+        assert len(read_ids(tmp_path / "out" / "submission" / f"{name}.txt")) == vertices
+    assert (tmp_path / "out" / "eval_scannet.md").is_file()
+    assert any(p.suffix == ".png" for p in (tmp_path / "out").iterdir())
+
+    file_run = cli("--pred", str(tmp_path / "out" / "submission"), "--gt", str(raw), "--json", str(tmp_path / "files.json"))
+    assert file_run.returncode == 0, file_run.stdout + file_run.stderr
+    from_model, from_files = (json.loads((tmp_path / f).read_text()) for f in ("model.json", "files.json"))
+    assert from_model["num_scenes"] == from_files["num_scenes"] == 2
+    for key in ("miou", "macc", "overall_accuracy"):
+        assert from_files[key] == pytest.approx(from_model[key], abs=1e-12), key

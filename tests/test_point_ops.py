@@ -35,12 +35,13 @@ def test_offset_batch_round_trip():
     assert ops.offset_to_counts(offset).tolist() == [3, 4, 1]
 
 
-def test_knn_is_exact_on_a_batch_with_the_chunked_path():
+@pytest.mark.parametrize("backend", ["torch", "open3d"])
+def test_knn_is_exact_on_a_batch(backend):
     torch.manual_seed(0)
-    # 5000 points force the z-order chunked search; the 700-point cloud uses brute force.
+    # torch: 5000 points force the z-order chunked search; the 700-point cloud uses brute force.
     points = torch.cat([torch.rand(5000, 3) * torch.tensor([4.0, 3.0, 0.5]), torch.rand(700, 3)])
     offset = torch.tensor([5000, 5700])
-    index, dist = ops.knn_query(16, points, offset)
+    index, dist = ops.knn_query(16, points, offset, backend=backend)
     for s0, s1 in [(0, 5000), (5000, 5700)]:
         torch.testing.assert_close(dist[s0:s1].double(), brute_knn(points[s0:s1], points[s0:s1], 16), atol=1e-6, rtol=0)
         assert ((index[s0:s1] >= s0) & (index[s0:s1] < s1)).all()
@@ -49,17 +50,19 @@ def test_knn_is_exact_on_a_batch_with_the_chunked_path():
     assert (index[:, 0] == torch.arange(5700)).all()  # every point is its own nearest
 
 
-def test_knn_between_different_query_and_support_clouds():
+@pytest.mark.parametrize("backend", ["torch", "open3d"])
+def test_knn_between_different_query_and_support_clouds(backend):
     torch.manual_seed(1)
     support = torch.randn(5000, 3)
     query = torch.randn(1500, 3) * 1.5  # some queries lie outside the support's hull
-    index, dist = ops.knn_query(3, support, torch.tensor([5000]), query, torch.tensor([1500]))
+    index, dist = ops.knn_query(3, support, torch.tensor([5000]), query, torch.tensor([1500]), backend=backend)
     torch.testing.assert_close(dist.double(), brute_knn(query, support, 3), atol=1e-6, rtol=0)
 
 
-def test_knn_matches_open3d_kdtree_on_the_real_scan(livingroom):
+@pytest.mark.parametrize("backend", ["torch", "open3d"])
+def test_knn_matches_open3d_kdtree_on_the_real_scan(livingroom, backend):
     points = livingroom[:8000]
-    index, dist = ops.knn_query(16, points, torch.tensor([len(points)]))
+    index, dist = ops.knn_query(16, points, torch.tensor([len(points)]), backend=backend)
     cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points.double().numpy()))
     tree = o3d.geometry.KDTreeFlann(cloud)
     for i in range(0, len(points), 997):
@@ -67,9 +70,10 @@ def test_knn_matches_open3d_kdtree_on_the_real_scan(livingroom):
         np.testing.assert_allclose(dist[i].double().numpy() ** 2, np.asarray(d2), atol=1e-7)
 
 
-def test_knn_pads_small_clouds_with_their_farthest_neighbour():
+@pytest.mark.parametrize("backend", ["torch", "open3d"])
+def test_knn_pads_small_clouds_with_their_farthest_neighbour(backend):
     points = torch.tensor([[0.0, 0, 0], [1, 0, 0], [3, 0, 0], [10, 10, 10], [11, 10, 10]])
-    index, dist = ops.knn_query(4, points, torch.tensor([3, 5]))
+    index, dist = ops.knn_query(4, points, torch.tensor([3, 5]), backend=backend)
     assert index[0].tolist() == [0, 1, 2, 2]
     assert dist[0].tolist() == [0.0, 1.0, 3.0, 3.0]
     assert index[3].tolist() == [3, 4, 4, 4]

@@ -279,6 +279,15 @@ class ChromaticJitter:
         return {**cloud, "color": (color + noise).clamp(0, 255)}
 
 
+def point_features(cloud: Cloud, keys: Sequence[str]) -> torch.Tensor:
+    """A model's per-point input: the entries `keys` side by side, as float32 (N, sum of widths).
+    Each point model names its own keys (its class's `feature_keys`)."""
+    missing = [key for key in keys if key not in cloud]
+    if missing:
+        raise KeyError(f"the model reads per-point {', '.join(missing)}, which this cloud lacks")
+    return torch.cat([torch.as_tensor(cloud[key]) for key in keys], dim=1).float()
+
+
 class NormalizeColor:
     """0..255 -> -1..1."""
 

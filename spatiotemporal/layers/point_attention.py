@@ -204,15 +204,20 @@ class StratifiedWindowAttention(nn.Module):
 
     def _table_term(self, x: Tensor, table: Tensor, idx: Tensor, side: str) -> Tensor:
         """sum over axes of x . table[idx]: project x onto every bin first (cheap: bins << keys),
-        then gather. x (G, T, H, D); idx (G, Q, K, 3) -> (G, H, Q, K)."""
-        proj = torch.einsum("gthd,lhda->gthla", x, table)  # (G, T, H, L, 3)
-        g, q, k, _ = idx.shape
-        if side == "query":
-            src = rearrange(proj, "g q h l a -> g q a h l")[:, :, None].expand(g, q, k, 3, self.num_heads, self.bins)
-        else:
-            src = rearrange(proj, "g k h l a -> g k a h l")[:, None].expand(g, q, k, 3, self.num_heads, self.bins)
-        picked = src.gather(-1, idx[..., None, None].expand(g, q, k, 3, self.num_heads, 1))
-        return rearrange(picked.squeeze(-1).sum(3), "g q k h -> g h q k")
+        then gather. x (G, T, H, D); idx (G, Q, K, 3) -> (G, H, Q, K).
+
+        The gather runs along the bin axis of the projection as it is (only the index is
+        expanded over heads), so its backward scatters into a tensor the size of the projection.
+        (Expanding the projection to (G, Q, K, 3, H, L) instead makes the backward materialise
+        that, `bins` times the result; reading it at flat offsets makes it a serial index_put.)
+        """
+        proj = rearrange(torch.einsum("gthd,lhda->gthla", x, table), "g t h l a -> g t h a l")
+        h = self.num_heads
+        if side == "query":  # row t of the projection is the query q
+            index = rearrange(idx, "g q k a -> g q 1 a k").expand(-1, -1, h, -1, -1)
+            return rearrange(proj.gather(-1, index).sum(3), "g q h k -> g h q k")
+        index = rearrange(idx, "g q k a -> g k 1 a q").expand(-1, -1, h, -1, -1)  # row t is the key k
+        return rearrange(proj.gather(-1, index).sum(3), "g k h q -> g h q k")
 
     def forward(self, coord: Tensor, x: Tensor, plan: WindowPlan) -> Tensor:
         qkv = rearrange(self.qkv(x), "n (three h d) -> three n h d", three=3, h=self.num_heads)

@@ -5,7 +5,8 @@ Batches follow the Pointcept convention: points of all clouds are concatenated, 
 int64 holds the cumulative point counts, so cloud b is rows offset[b-1]:offset[b].
 
 Nothing here needs a compiled extension (pointops, torch_scatter): the same code runs on CPU and
-CUDA tensors. Results depend only on the geometry, never on storage order, except where two points
+CUDA tensors. On CPU, kNN goes to open3d's compiled search (a core dependency), which is an order
+of magnitude faster than any PyTorch formulation there; the PyTorch path serves CUDA tensors. Results depend only on the geometry, never on storage order, except where two points
 are at exactly the same distance at the k-th place (either may win, as with any top-k).
 """
 
@@ -107,6 +108,18 @@ def _brute_knn(query: Tensor, support: Tensor, k: int) -> tuple[Tensor, Tensor]:
     return torch.cat(dists), torch.cat(idxs)
 
 
+def _open3d_knn(query: Tensor, support: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """open3d's exact search on CPU tensors; squared distances ascending, like `_nearest`."""
+    import open3d as o3d
+
+    if query.device.type != "cpu":
+        raise ValueError("the open3d kNN backend takes CPU tensors; use backend='torch' on other devices")
+    nns = o3d.core.nns.NearestNeighborSearch(o3d.core.Tensor.from_numpy(support.contiguous().numpy()))
+    nns.knn_index()
+    index, dist = nns.knn_search(o3d.core.Tensor.from_numpy(query.contiguous().numpy()), k)
+    return torch.from_numpy(dist.numpy()).to(query.dtype), torch.from_numpy(index.numpy()).long()
+
+
 class _XSorted:
     """Support points sorted along x, so the points inside an axis-aligned box are found by a
     binary search for the x-slab and a mask over that slab only."""
@@ -181,12 +194,16 @@ def knn_query(
     query: Tensor | None = None,
     query_offset: Tensor | None = None,
     chunk: int = 256,
+    backend: str = "auto",
 ) -> tuple[Tensor, Tensor]:
     """Exact k nearest neighbours of each query point among the support points of its own cloud.
 
     Returns (index (M, k) int64 into `support`, distance (M, k)), nearest first. When a cloud has
     fewer than k support points, the missing slots repeat its farthest neighbour (as pointops
     does), so shapes stay rectangular and max/mean pooling stays valid.
+
+    `backend`: "open3d" (CPU tensors only), "torch" (chunked distance blocks, any device), or
+    "auto": open3d for CPU tensors, torch otherwise.
     """
     if query is None:
         query, query_offset = support, support_offset
@@ -196,12 +213,18 @@ def knn_query(
     if len(support_offset) != len(query_offset):
         raise ValueError("query and support must hold the same number of clouds")
     support, query = support.detach(), query.detach()
+    if backend == "auto":
+        backend = "open3d" if query.device.type == "cpu" else "torch"
+    if backend not in ("open3d", "torch"):
+        raise ValueError(f"backend must be 'auto', 'open3d' or 'torch', got {backend!r}")
     out_d = query.new_empty(len(query), k)
     out_i = torch.empty(len(query), k, dtype=torch.long, device=query.device)
     for (s0, s1), (q0, q1) in zip(_ranges(support_offset), _ranges(query_offset)):
         s, q = support[s0:s1], query[q0:q1]
         kk = min(k, len(s))
-        if len(s) * len(q) <= KNN_BLOCK_ELEMENTS or len(s) <= 4 * chunk:
+        if backend == "open3d":
+            d, i = _open3d_knn(q, s, kk)
+        elif len(s) * len(q) <= KNN_BLOCK_ELEMENTS or len(s) <= 4 * chunk:
             d, i = _brute_knn(q, s, kk)
         else:
             d, i = _local_knn(q, s, kk, chunk)

@@ -109,6 +109,7 @@ class TransitionUp(nn.Module):
 
 class PointTransformerSeg(nn.Module):
     arch = "point_transformer"
+    feature_keys = ("color", "normal")  # the 6 input channels, as Pointcept's ScanNet config
 
     def __init__(self, in_channels: int = 6, num_classes: int = 20, config: PointTransformerConfig = PointTransformerConfig()):
         super().__init__()
@@ -172,7 +173,7 @@ register_model(
         published_params_m=7.8,
         params_source="PointTransformerSeg50 as tabulated in Point Transformer V2 (Wu et al., NeurIPS 2022), "
         "model-complexity comparison; the PTv1 paper itself gives no count",
-        description="Point Transformer (Zhao et al. 2021), ScanNet 20-class semantic segmentation; feat = color/255 + normal",
+        description="Point Transformer (Zhao et al. 2021), ScanNet 20-class semantic segmentation; feat = colour (-1..1) + normal",
     )
 )
 

@@ -131,3 +131,14 @@ def create_model(
 
 def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def point_feature_keys(model) -> tuple[str, ...]:
+    """The per-point entries a point model reads, in order (its class's `feature_keys`: Point
+    Transformer colour + normal as Pointcept's ScanNet config, Stratified Transformer coord +
+    colour as the reference). Sees through DistributedDataParallel and torch.compile wrappers."""
+    inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None) or model
+    try:
+        return tuple(type(inner).feature_keys)
+    except AttributeError:
+        raise TypeError(f"{type(inner).__name__} declares no point feature_keys") from None

@@ -187,6 +187,7 @@ class StratifiedStage(nn.Module):
 
 class StratifiedTransformerSeg(nn.Module):
     arch = "stratified_transformer"
+    feature_keys = ("coord", "color")  # the 6 input channels, as the reference feeds them
 
     def __init__(self, in_channels: int = 6, num_classes: int = 20, config: StratifiedConfig = StratifiedConfig()):
         super().__init__()
@@ -254,7 +255,7 @@ register_model(
         params_source="Lai et al. 2022 report 8.0M parameters for their S3DIS model (4 stages, 48-384 "
         "channels); the 5-stage ScanNet configuration registered here is larger and no ScanNet "
         "count is published",
-        description="Stratified Transformer (Lai et al. 2022), ScanNet 20-class config; feat = coord + color/255",
+        description="Stratified Transformer (Lai et al. 2022), ScanNet 20-class config; feat = coord + colour (-1..1)",
     )
 )
 

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from spatiotemporal.models.registry import create_model, get_spec
+from spatiotemporal.data.point_transforms import point_features
+from spatiotemporal.models.registry import create_model, get_spec, point_feature_keys
 
 
 def load_weights(model, path: str | Path) -> str:
@@ -290,11 +291,6 @@ class PointScenes(torch.utils.data.Dataset):
         return T.Compose(steps)(self.scenes.load(index))
 
 
-def point_features(cloud: dict) -> torch.Tensor:
-    """Model input features: colour (-1..1) and normals, Pointcept's ScanNet default (6 channels)."""
-    return torch.cat([cloud["color"], cloud["normal"]], dim=1).float()
-
-
 class PointsTask:
     def __init__(self, config: dict):
         self.config = config
@@ -316,19 +312,19 @@ class PointsTask:
 
     @staticmethod
     def collate(clouds: list[dict]) -> dict:
-        return {
-            "coord": torch.cat([c["coord"] for c in clouds]).float(),
-            "feat": torch.cat([point_features(c) for c in clouds]),
-            "segment": torch.cat([c["segment"] for c in clouds]).long(),
-            "offset": torch.tensor([len(c["coord"]) for c in clouds]).cumsum(0),
-        }
+        # Every per-point input any model takes; `train_loss` picks the model's own features.
+        keys = [key for key in ("coord", "color", "normal") if key in clouds[0]]
+        batch = {key: torch.cat([c[key] for c in clouds]).float() for key in keys}
+        batch["segment"] = torch.cat([c["segment"] for c in clouds]).long()
+        batch["offset"] = torch.tensor([len(c["coord"]) for c in clouds]).cumsum(0)
+        return batch
 
     @staticmethod
     def to_device(batch: dict, device) -> dict:
         return {k: v.to(device) for k, v in batch.items()}
 
     def train_loss(self, model, batch: dict, rng: np.random.Generator):
-        logits = model(batch["coord"], batch["feat"], batch["offset"])
+        logits = model(batch["coord"], point_features(batch, point_feature_keys(model)), batch["offset"])
         loss = F.cross_entropy(logits.float(), batch["segment"], ignore_index=-1)
         valid = batch["segment"] >= 0
         correct = int((logits.argmax(-1)[valid] == batch["segment"][valid]).sum())
@@ -345,11 +341,12 @@ class PointsTask:
         prepared = T.Compose([T.CenterShift(apply_z=True)])(cloud)
         fragments = T.GridSample(data["grid_size"], "test")(prepared)
         voter = FragmentVoter(len(prepared["coord"]), model_classes(model), name)
+        keys = point_feature_keys(model)
         for fragment in fragments:
             fragment = T.NormalizeColor()(T.CenterShift(apply_z=False)(fragment))
             coord = fragment["coord"].float().to(device)
             offset = torch.tensor([len(coord)], device=device)
-            logits = model(coord, point_features(fragment).to(device), offset)
+            logits = model(coord, point_features(fragment, keys).to(device), offset)
             voter.add(torch.softmax(logits.float(), -1).cpu().numpy(), fragment["index"].numpy())
         return voter.predict()
 
