@@ -5,9 +5,12 @@
   on the same points of livingroom_fragment.ply; index building counts in both.
 - Grid pooling at 2 cm: ours vs open3d's `voxel_down_sample`.
 - Both ScanNet-size models: points/s for forward (eval, no grad) and forward + backward (train)
-  at 50k and 100k points of the scan.
+  at 50k and 100k points of the scan, the latter also with per-block activation checkpointing.
 - Inference on the whole scan (112,698 points, its own frame and density): seconds and peak
-  resident memory, each model in a fresh subprocess so the peak is its own.
+  resident memory, each model in a fresh subprocess so the peak is its own; both the bare model
+  on every point, and the `spatiotemporal infer SCAN.ply --model M --out DIR` command end to end
+  (read, normals, 2 cm grid fragments, vote, labeled PLY and PNG), with its default of one
+  fragment and with all of them (Pointcept's protocol).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pathlib import Path
 TITLE = "Point clouds: kNN, grid pooling, Point Transformer and Stratified Transformer on CPU"
 SCAN = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "points" / "livingroom_fragment.ply"
 MODELS = ("point_transformer", "stratified_transformer")
+CHECKPOINTED = "forward+backward, activation checkpointing"
 
 
 def load_scan(n: int | None = None, seed: int = 0):
@@ -61,7 +65,7 @@ def _child(name: str, n: int, mode: str) -> dict:
     from spatiotemporal.models import create_model
 
     torch.manual_seed(0)
-    model = create_model(name)
+    model = create_model(name, grad_checkpointing=mode == CHECKPOINTED)
     coord, feat, offset = model_input(model, *load_scan(None if n <= 0 else n))
     start = time.perf_counter()
     cpu = time.process_time()
@@ -167,7 +171,7 @@ def run(args) -> str:
     models = ["point_transformer_tiny", "stratified_transformer_tiny"] if quick else list(MODELS)
     for name in models:
         for n in sizes:
-            for mode in ("forward", "forward+backward"):
+            for mode in ("forward", "forward+backward", CHECKPOINTED):
                 r = measure(name, n, mode)
                 out.append(_row(r))
                 print(out[-1], flush=True)
@@ -177,7 +181,31 @@ def run(args) -> str:
         r = measure(name, 0, "forward")
         out.append(_row(r))
         print(out[-1], flush=True)
+    out += ["", "### `spatiotemporal infer` on the scan, end to end (a fresh process per run)", "",
+            "| command | seconds | CPU s | peak RSS (GiB) |", "|---|---|---|---|"]
+    for name in models:
+        for fragments in ("1", "0"):
+            out.append(_infer_row(name, fragments))
+            print(out[-1], flush=True)
     return "\n".join(out)
+
+
+def _infer_row(name: str, fragments: str) -> str:
+    """Runs the CLI as a user would; wall time from launch to exit, rusage of that one process."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as out:
+        args = ["infer", str(SCAN), "--model", name, "--out", out, "--max-fragments", fragments]
+        start = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "spatiotemporal.cli", *args],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        stderr = proc.stderr.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+    shown = f"`spatiotemporal infer {SCAN.name} --model {name} --max-fragments {fragments}`"
+    if os.waitstatus_to_exitcode(status) != 0:
+        return f"| {shown} | failed: {' '.join(stderr.strip().splitlines()[-1:])} | | |"
+    return f"| {shown} | {seconds:.1f} | {usage.ru_utime + usage.ru_stime:.1f} | {usage.ru_maxrss / 2**20:.2f} |"
 
 
 def _row(r: dict) -> str:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
+from spatiotemporal.layers.checkpointing import run_block
 from spatiotemporal.layers.drop import DropPath
 from spatiotemporal.layers.mlp import Mlp
 from spatiotemporal.layers.pooling_attention import PoolingAttention, Size3, resize_rel_pos
@@ -176,10 +176,7 @@ class MViTv2(nn.Module):
         x, thw = self.patch_embed(x)
         x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x), dim=1)
         for block in self.blocks:
-            if self.grad_checkpointing and torch.is_grad_enabled():
-                x, thw = checkpoint(block, x, thw, use_reentrant=False)
-            else:
-                x, thw = block(x, thw)
+            x, thw = run_block(block, x, thw, checkpointed=self.grad_checkpointing)
         return self.norm(x[:, 0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

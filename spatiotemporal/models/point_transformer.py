@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from spatiotemporal.layers.checkpointing import run_block
 from spatiotemporal.layers.point_attention import PointBatchNorm, PointVectorAttention
 from spatiotemporal.layers.point_ops import (
     farthest_point_sampling,
@@ -41,6 +42,7 @@ class PointTransformerConfig:
     strides: tuple[int, ...] = (1, 4, 4, 4, 4)
     nsample: tuple[int, ...] = (8, 16, 16, 16, 16)
     share_planes: int = 8
+    grad_checkpointing: bool = False  # recompute each block's activations in backward
 
 
 class PointTransformerBlock(nn.Module):
@@ -143,7 +145,7 @@ class PointTransformerSeg(nn.Module):
             # One kNN per stage, shared by its blocks and by the decoder at the same resolution.
             neighbours, _ = knn_query(k, coord, offset)
             for block in blocks:
-                x = block(coord, x, neighbours)
+                x = run_block(block, coord, x, neighbours, checkpointed=self.config.grad_checkpointing)
             levels.append([coord, x, offset, neighbours])
         for i in reversed(range(len(levels))):
             coord, x_skip, offset, neighbours = levels[i]
@@ -153,7 +155,7 @@ class PointTransformerSeg(nn.Module):
                 coarse = levels[i + 1]
                 x = self.up[i]((coord, x_skip, offset), (coarse[0], coarse[1], coarse[2]))
             for block in self.dec[i]:
-                x = block(coord, x, neighbours)
+                x = run_block(block, coord, x, neighbours, checkpointed=self.config.grad_checkpointing)
             levels[i][1] = x
         return self.classifier(x)
 

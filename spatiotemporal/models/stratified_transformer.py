@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from spatiotemporal.layers.checkpointing import run_block
 from spatiotemporal.layers.drop import DropPath, drop_path_rates
 from spatiotemporal.layers.mlp import Mlp
 from spatiotemporal.layers.point_attention import (
@@ -62,6 +63,7 @@ class StratifiedConfig:
     kp_max_neighbours: int = 34
     mlp_ratio: float = 4.0
     drop_path_rate: float = 0.3
+    grad_checkpointing: bool = False  # recompute each block's activations in backward
 
 
 def kernel_points(radius: float) -> Tensor:
@@ -170,6 +172,7 @@ class StratifiedStage(nn.Module):
         self.window_size = c.window_size[i]
         self.downsample_scale = c.downsample_scale
         self.num_heads = c.num_heads[i]
+        self.grad_checkpointing = c.grad_checkpointing
         self.blocks = nn.ModuleList(
             StratifiedBlock(c.channels[i], c.num_heads[i], c.window_size[i], c.quant_size[i], c.mlp_ratio, dp)
             for dp in drop_paths
@@ -181,7 +184,7 @@ class StratifiedStage(nn.Module):
         budget = max(1 << 12, (1 << 24) // (3 * self.num_heads))
         plans = [plan_windows(coord, offset, self.window_size, sampled, shift, budget) for shift in (False, True)]
         for j, block in enumerate(self.blocks):
-            x = block(coord, x, plans[j % 2])
+            x = run_block(block, coord, x, plans[j % 2], checkpointed=self.grad_checkpointing)
         return x
 
 

@@ -14,8 +14,8 @@ from typing import Literal
 import torch
 from einops import rearrange, reduce
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
+from spatiotemporal.layers.checkpointing import run_block
 from spatiotemporal.layers.drop import drop_path_rates
 from spatiotemporal.layers.space_time_attention import Block, DividedSpaceTimeBlock, make_norm
 from spatiotemporal.models.registry import ModelSpec, Preprocess, TestProtocol, register_model
@@ -111,10 +111,7 @@ class TimeSformer(nn.Module):
         """(B, C, T, H, W) -> the normalised class-token embedding (B, D)."""
         x, grid = self.embed(video)
         for block in self.blocks:
-            if self.grad_checkpointing and self.training:
-                x = checkpoint(block, x, grid, use_reentrant=False)
-            else:
-                x = block(x, grid)
+            x = run_block(block, x, grid, checkpointed=self.grad_checkpointing and self.training)
         if self.time_embed is None:
             x = reduce(x, "(b t) n d -> b n d", "mean", t=grid[0])
         return self.norm(x[:, 0])

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
+from spatiotemporal.layers.checkpointing import run_block
 from spatiotemporal.layers.drop import DropPath
 from spatiotemporal.layers.mlp import Mlp
 from spatiotemporal.layers.window_attention3d import WindowAttention3d
@@ -80,10 +80,7 @@ class SwinStage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
-            if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
+            x = run_block(block, x, checkpointed=self.grad_checkpointing)
         return x if self.downsample is None else self.downsample(x)
 
 

@@ -18,8 +18,8 @@ from typing import Literal
 import torch
 from einops import rearrange
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
+from spatiotemporal.layers.checkpointing import run_block
 from spatiotemporal.layers.drop import drop_path_rates
 from spatiotemporal.layers.space_time_attention import (
     Block,
@@ -117,10 +117,7 @@ class ViViT(nn.Module):
 
     def _run(self, blocks: nn.ModuleList, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         for block in blocks:
-            if self.grad_checkpointing and self.training:
-                x = checkpoint(block, x, grid, use_reentrant=False)
-            else:
-                x = block(x, grid)
+            x = run_block(block, x, grid, checkpointed=self.grad_checkpointing and self.training)
         return x
 
     def _with_cls(self, cls: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
