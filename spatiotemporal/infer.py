@@ -249,15 +249,10 @@ class PointSegmenter:
             f"class_{i}" for i in range(self.spec.num_classes)
         )
 
-    def _features(self, fragment: dict) -> torch.Tensor:
-        parts = [fragment["color"]]
-        if self.spec.in_channels >= 6:
-            parts.append(fragment["normal"])
-        return torch.cat(parts, dim=1).float()
-
     @torch.inference_mode()
     def predict(self, path: str | os.PathLike, cloud: dict | None = None) -> PointPrediction:
-        from spatiotemporal.data.point_transforms import CenterShift, GridSample, NormalizeColor, point_features, to_tensors
+        from spatiotemporal.data.point_transforms import CenterShift, to_tensors
+        from spatiotemporal.eval.scannet import predict_scene
         from spatiotemporal.io.points import estimate_normals, read_points
 
         cloud = read_points(path) if cloud is None else cloud
@@ -265,31 +260,10 @@ class PointSegmenter:
             raise InputError(path, "the model needs per-point colour, and this cloud has none")
         if "normal" in self.feature_keys and "normal" not in cloud:
             cloud = {**cloud, "normal": estimate_normals(cloud)}
-        scene = NormalizeColor()(CenterShift(apply_z=True)(to_tensors(cloud)))
-        fragments = GridSample(self.voxel_size, mode="test")(scene)
-        if self.max_fragments:
-            fragments = fragments[: self.max_fragments]
-        num_points, num_classes = len(scene["coord"]), self.spec.num_classes
-        point_scores = torch.zeros(num_points, num_classes)
-        voxel_scores = torch.zeros(len(fragments[0]["coord"]), num_classes)
-        for fragment in fragments:
-            fragment = CenterShift(apply_z=False)(fragment)
-            coord = fragment["coord"].float().to(self.device)
-            offset = torch.tensor([len(coord)], device=self.device)
-            logits = self.model(coord, point_features(fragment, self.feature_keys).to(self.device), offset)
-            probs = logits.float().softmax(-1).cpu()
-            point_scores.index_add_(0, fragment["index"], probs)
-            voxel_scores += probs  # fragment row v is voxel v
-        uncovered = point_scores.sum(1) == 0
-        if uncovered.any():
-            point_scores[uncovered] = voxel_scores[fragments[0]["inverse"][uncovered]]
-        return PointPrediction(
-            path=os.fspath(path),
-            cloud=cloud,
-            segment=point_scores.argmax(1).numpy(),
-            class_names=self.class_names,
-            fragments=len(fragments),
-        )
+        scene = CenterShift(apply_z=True)(to_tensors(cloud))
+        segment, fragments = predict_scene(self.model, scene, self.voxel_size, self.max_fragments, name=os.fspath(path))
+        return PointPrediction(path=os.fspath(path), cloud=cloud, segment=segment, class_names=self.class_names,
+                               fragments=fragments)
 
 
 def class_palette(num_classes: int) -> np.ndarray:

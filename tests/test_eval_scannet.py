@@ -123,6 +123,16 @@ def test_a_vertex_no_fragment_covers_is_an_error():
         voter.predict()
 
 
+def test_with_voxels_an_uncovered_vertex_takes_its_voxels_summed_vote():
+    # Vertices 0, 1 share voxel 0; 2, 3 share voxel 1. Two fragments cover only vertices 0 and 2.
+    voter = FragmentVoter(num_points=4, num_classes=2, voxel_of=np.array([0, 0, 1, 1]))
+    voter.add(np.array([[0.8, 0.2], [0.4, 0.6]]), np.array([0, 2]))
+    voter.add(np.array([[0.3, 0.7], [0.1, 0.9]]), np.array([0, 2]))
+    # vertex 1 gets voxel 0's sum (1.1, 0.9) -> class 0; vertex 3 gets (0.5, 1.5) -> class 1
+    assert voter.predict().tolist() == [0, 0, 1, 1]
+    np.testing.assert_allclose(voter.votes[1], [1.1, 0.9])
+
+
 def test_report_has_a_row_per_class_and_a_top_down_png(tmp_path):
     from spatiotemporal.eval.plots import plot_scene_top_down
 

@@ -157,22 +157,71 @@ class ScanNetEvaluator:
 
 
 class FragmentVoter:
-    """Sums per-fragment softmax onto the original vertices; every vertex must receive a vote."""
+    """Sums per-fragment softmax onto the original vertices; every vertex must receive a vote.
 
-    def __init__(self, num_points: int, num_classes: int = len(VALID_CLASS_IDS), name: str = "<scene>"):
+    With `voxel_of` (N,), each vertex's voxel, votes are also summed per voxel, and a vertex that
+    no fragment covered (when only some fragments were predicted) takes its voxel's vote.
+    """
+
+    def __init__(self, num_points: int, num_classes: int = len(VALID_CLASS_IDS), name: str = "<scene>",
+                 voxel_of: np.ndarray | None = None):
         self.votes = np.zeros((num_points, num_classes), dtype=np.float64)
         self.name = name
+        self.voxel_of = None if voxel_of is None else np.asarray(voxel_of, dtype=np.int64)
+        if self.voxel_of is not None:
+            self.voxel_votes = np.zeros((int(self.voxel_of.max()) + 1, num_classes), dtype=np.float64)
 
     def add(self, probabilities: np.ndarray, index: np.ndarray) -> None:
         """`probabilities` (M, C) softmax of one fragment's points; `index` (M,) their original vertex ids."""
+        index = np.asarray(index, dtype=np.int64)
+        probabilities = np.asarray(probabilities, dtype=np.float64)
         # np.add.at accumulates repeated indices (a vertex in several crops of one fragment).
-        np.add.at(self.votes, np.asarray(index, dtype=np.int64), np.asarray(probabilities, dtype=np.float64))
+        np.add.at(self.votes, index, probabilities)
+        if self.voxel_of is not None:
+            np.add.at(self.voxel_votes, self.voxel_of[index], probabilities)
 
     def predict(self) -> np.ndarray:
         uncovered = np.flatnonzero(self.votes.sum(axis=1) == 0)
         if uncovered.size:
-            raise InputError(self.name, f"{uncovered.size} vertices got no prediction from any fragment")
+            if self.voxel_of is None:
+                raise InputError(self.name, f"{uncovered.size} vertices got no prediction from any fragment")
+            self.votes[uncovered] = self.voxel_votes[self.voxel_of[uncovered]]
         return self.votes.argmax(axis=1)
+
+
+def predict_scene(model, scene: dict, grid_size: float, max_fragments: int | None = None,
+                  name: str = "<scene>") -> tuple[np.ndarray, int]:
+    """Train ids (0..19 for the ScanNet heads) for every point of `scene`, Pointcept's test
+    protocol, and how many fragments were predicted.
+
+    `scene`: tensors, floor at z = 0 and xy centred (`CenterShift(apply_z=True)`), colour 0..255.
+    It is voxelized at `grid_size` into test fragments that together cover every point; each is
+    centred, colour-normalised and predicted with the model's own input features, and the softmax
+    is summed back onto the points (`FragmentVoter`). `max_fragments` (None or 0 = all) caps the
+    fragments for speed; points then uncovered take their voxel's vote.
+    """
+    import torch
+
+    from spatiotemporal.data import point_transforms as T
+    from spatiotemporal.models.registry import point_feature_keys
+
+    fragments = T.GridSample(grid_size, "test")(scene)
+    capped = bool(max_fragments) and len(fragments) > max_fragments
+    fragments = fragments[:max_fragments] if capped else fragments
+    device = next(model.parameters()).device
+    keys = point_feature_keys(model)
+    voter = None
+    with torch.inference_mode():
+        for fragment in fragments:
+            fragment = T.NormalizeColor()(T.CenterShift(apply_z=False)(fragment))
+            coord = fragment["coord"].float().to(device)
+            offset = torch.tensor([len(coord)], device=device)
+            logits = model(coord, T.point_features(fragment, keys).to(device), offset)
+            if voter is None:  # the head's width, whatever the model was trained for
+                voter = FragmentVoter(len(scene["coord"]), logits.shape[1], name,
+                                      voxel_of=fragments[0]["inverse"].numpy() if capped else None)
+            voter.add(torch.softmax(logits.float(), -1).cpu().numpy(), fragment["index"].numpy())
+    return voter.predict(), len(fragments)
 
 
 def write_submission(path: str | Path, nyu40_ids: np.ndarray) -> Path:

@@ -330,26 +330,6 @@ class PointsTask:
         correct = int((logits.argmax(-1)[valid] == batch["segment"][valid]).sum())
         return loss, correct, int(valid.sum())
 
-    @torch.no_grad()
-    def predict_scene(self, model, cloud: dict, name: str = "<scene>") -> np.ndarray:
-        """Full-resolution train ids for every vertex: test fragments voted by summed softmax."""
-        from spatiotemporal.data import point_transforms as T
-        from spatiotemporal.eval.scannet import FragmentVoter
-
-        data = self.config["data"]
-        device = next(model.parameters()).device
-        prepared = T.Compose([T.CenterShift(apply_z=True)])(cloud)
-        fragments = T.GridSample(data["grid_size"], "test")(prepared)
-        voter = FragmentVoter(len(prepared["coord"]), model_classes(model), name)
-        keys = point_feature_keys(model)
-        for fragment in fragments:
-            fragment = T.NormalizeColor()(T.CenterShift(apply_z=False)(fragment))
-            coord = fragment["coord"].float().to(device)
-            offset = torch.tensor([len(coord)], device=device)
-            logits = model(coord, point_features(fragment, keys).to(device), offset)
-            voter.add(torch.softmax(logits.float(), -1).cpu().numpy(), fragment["index"].numpy())
-        return voter.predict()
-
     def evaluate(self, model, rank: int, world: int, report_dir: Path | None) -> dict:
         summary = self.evaluate_summary(model, rank, world, report_dir)
         return {"miou": summary.miou, "macc": summary.macc, "overall_accuracy": summary.overall_accuracy}
@@ -361,7 +341,8 @@ class PointsTask:
         from tqdm import tqdm
 
         from spatiotemporal.data.scannet import ScanNetDataset
-        from spatiotemporal.eval.scannet import ScanNetEvaluator, train_to_nyu40, write_submission
+        from spatiotemporal.data import point_transforms as T
+        from spatiotemporal.eval.scannet import ScanNetEvaluator, predict_scene, train_to_nyu40, write_submission
 
         data = self.config["data"]
         scenes = ScanNetDataset(Path(data["root"]), data["val_split"])
@@ -372,7 +353,8 @@ class PointsTask:
         for index in tqdm(_rank_shard(len(scenes), rank, world), desc="eval scannet", disable=rank != 0, leave=False):
             cloud = scenes.load(index)
             name = cloud.pop("name")
-            pred = self.predict_scene(model, cloud, name)
+            scene = T.CenterShift(apply_z=True)(T.to_tensors(cloud))
+            pred, _ = predict_scene(model, scene, data["grid_size"], name=name)
             evaluator.update_train_ids(pred, cloud["segment"], name)
             if report_dir is not None:
                 write_submission(report_dir / "submission" / f"{name}.txt", train_to_nyu40(pred))
@@ -390,8 +372,3 @@ class PointsTask:
                 name, coord, pred, gt = first
                 plot_scene_top_down(coord, pred, gt, report_dir / f"{name}_top_down.png", title=name)
         return summary
-
-
-def model_classes(model) -> int:
-    head = getattr(model, "num_classes", None)
-    return int(head) if head else 20
