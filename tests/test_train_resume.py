@@ -96,6 +96,18 @@ def test_a_run_writes_jsonl_tensorboard_curves_and_a_kinetics_report(tiny_kineti
     assert (run / "confusion.png").exists()
 
 
+def test_paths_relative_to_the_callers_directory_reach_the_workers(tiny_kinetics, ray_cluster, tmp_path, monkeypatch):
+    """Ray Train workers run in a directory of their own; `make demo` passes relative paths."""
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    relative = os.path.relpath(tiny_kinetics, tmp_path)
+    assert not os.path.isabs(relative)
+    final = fit(_config(relative, "runs", "relative", "schedule.epochs=1"))
+    assert final["num_evaluated"] == 4
+    assert (tmp_path / "runs" / "relative" / "eval_kinetics.md").is_file()
+
+
 def test_a_fresh_run_refuses_to_overwrite_an_existing_one(tiny_kinetics, tmp_path):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "metrics.jsonl").write_text("")

@@ -85,3 +85,15 @@ def test_corrupted_sample_is_caught_by_a_full_decode_check(video_dir):
 def test_unknown_backend_is_a_usage_error(video_dir):
     with pytest.raises(ValueError, match="backend must be one of"):
         VideoReader(video_dir / "cockatoo.mp4", backend="opencv")
+
+
+def test_input_errors_survive_pickling_as_ray_carries_them_out_of_workers(video_dir):
+    import pickle
+
+    with pytest.raises(VideoDecodeError) as caught:
+        read_video(video_dir / "corrupted.mp4")
+    error = caught.value
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is VideoDecodeError
+    assert (str(copy), copy.path, copy.reason, copy.decoded_frames) == (
+        str(error), error.path, error.reason, error.decoded_frames)

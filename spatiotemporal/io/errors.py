@@ -13,6 +13,11 @@ class InputError(Exception):
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
 
+    def __reduce__(self):
+        # Rebuilt from its state, not by calling __init__ again: subclasses add arguments and
+        # rewrite `reason`, and Ray pickles these errors to carry them out of workers and tasks.
+        return _rebuild, (type(self), self.args, self.__dict__)
+
 
 class VideoDecodeError(InputError):
     """A video could not be opened or decoded.
@@ -33,3 +38,10 @@ class PointCloudError(InputError):
 
 class CheckpointError(InputError):
     """A checkpoint's layout is unknown or its keys do not match the model."""
+
+
+def _rebuild(cls: type, args: tuple, state: dict) -> InputError:
+    error = Exception.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error

@@ -245,7 +245,11 @@ def fit(config: dict, resume: bool = False, address: str | None = None) -> dict:
     run_dir = storage / config["name"]
     if run_dir.exists() and any(run_dir.iterdir()) and not resume:
         raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or choose another name")
-    loop_config = {**config, "_run_dir": str(run_dir), "_resume_dir": None}
+    # Ray Train workers run in their own working directory, so a path relative to the caller's
+    # would name nothing there: every path crosses over resolved.
+    root = config["data"]["root"]
+    data = {**config["data"], "root": None if root is None else str(Path(root).resolve())}
+    loop_config = {**config, "data": data, "output_dir": str(storage), "_run_dir": str(run_dir), "_resume_dir": None}
     if resume:
         # Train V2 restores the latest checkpoint it registered for a run of the same name and
         # storage by itself; a checkpoint written just before the crash may not have been
