@@ -167,3 +167,10 @@ def test_the_inference_mask_cache_follows_changes_to_the_bias_table():
         uncached = attn(x).detach()
     assert (after - before).abs().max() > 1e-3
     torch.testing.assert_close(after, uncached)
+
+
+def test_config_fields_can_be_overridden_by_name_as_a_yaml_config_does():
+    model = create_model("swin3d_tiny", num_classes=4, window_size=[4, 4, 4], head_dropout=0.0)
+    assert model.config.window_size == (4, 4, 4) and model.config.head_dropout == 0.0
+    assert model.config.embed_dim == 32  # the rest of swin3d_tiny stays
+    assert model.stages[0].blocks[0].attn.window_size == (4, 4, 4)

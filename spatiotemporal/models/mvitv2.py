@@ -18,7 +18,7 @@ from spatiotemporal.layers.checkpointing import run_block
 from spatiotemporal.layers.drop import DropPath
 from spatiotemporal.layers.mlp import Mlp
 from spatiotemporal.layers.pooling_attention import PoolingAttention, Size3, resize_rel_pos
-from spatiotemporal.models.registry import ModelSpec, Preprocess, TestProtocol, register_model
+from spatiotemporal.models.registry import ModelSpec, Preprocess, TestProtocol, register_model, split_config_overrides
 from spatiotemporal.tokens.conv_embed import ConvPatchEmbed3d
 
 
@@ -207,7 +207,8 @@ def _build(config_name: str, num_frames: int, img_size: int):
     def build(num_classes: int = 400, **overrides) -> MViTv2:
         overrides.setdefault("num_frames", num_frames)
         overrides.setdefault("img_size", img_size)
-        return MViTv2(CONFIGS[config_name], num_classes=num_classes, **overrides)
+        config, rest = split_config_overrides(CONFIGS[config_name], overrides)
+        return MViTv2(config, num_classes=num_classes, **rest)
 
     build.__name__ = f"build_{config_name}"
     return build

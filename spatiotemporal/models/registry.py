@@ -8,6 +8,7 @@ protocol, so the evaluator and the CLI never guess them.
 from __future__ import annotations
 
 import importlib
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -61,6 +62,18 @@ class ModelSpec:
 
 _REGISTRY: dict[str, ModelSpec] = {}
 _loaded = False
+
+
+def split_config_overrides(config, overrides: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """(config with the overrides that name its fields applied, the remaining overrides).
+
+    Lets a YAML `model.kwargs` change an architecture's config (a window size, a dropout) as well
+    as its constructor arguments; YAML lists become the tuples the configs hold.
+    """
+    names = {f.name for f in dataclasses.fields(config)}
+    changes = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items() if k in names}
+    rest = {k: v for k, v in overrides.items() if k not in names}
+    return dataclasses.replace(config, **changes), rest
 
 
 def register_model(spec: ModelSpec) -> ModelSpec:

@@ -16,7 +16,7 @@ from spatiotemporal.layers.checkpointing import run_block
 from spatiotemporal.layers.drop import DropPath
 from spatiotemporal.layers.mlp import Mlp
 from spatiotemporal.layers.window_attention3d import WindowAttention3d
-from spatiotemporal.models.registry import ModelSpec, Preprocess, TestProtocol, register_model
+from spatiotemporal.models.registry import ModelSpec, Preprocess, TestProtocol, register_model, split_config_overrides
 from spatiotemporal.tokens.conv_embed import PatchMerging3d, PatchPartition3d
 
 
@@ -165,7 +165,8 @@ SWIN_PROTOCOL = TestProtocol(temporal_views=4, spatial_crops=3, aggregation="sof
 
 def _build(config_name: str):
     def build(num_classes: int = 400, **overrides) -> VideoSwin:
-        return VideoSwin(CONFIGS[config_name], num_classes=num_classes, **overrides)
+        config, rest = split_config_overrides(CONFIGS[config_name], overrides)
+        return VideoSwin(config, num_classes=num_classes, **rest)
 
     build.__name__ = f"build_{config_name}"
     return build
