@@ -22,7 +22,6 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision.transforms.v2.functional as TF
 from einops import rearrange
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -267,6 +266,10 @@ def sample_rand_augment(
 
 def _apply_op(images: torch.Tensor, op: AugmentOp) -> torch.Tensor:
     """One op on uint8 (..., C, H, W) images, with torchvision's geometry and fill 0."""
+    # Imported here, not at module level: torchvision's import pulls in all its models (~1.3 s),
+    # which every inference actor and `spatiotemporal infer` would pay for augmentations they never run.
+    import torchvision.transforms.v2.functional as TF
+
     m = op.magnitude
     height, width = images.shape[-2:]
     if op.name == "Identity":

@@ -302,11 +302,23 @@ def probe_video(path: str | os.PathLike, check_decode: bool = False) -> VideoMet
     return metadata
 
 
+
+def decoder_threads() -> int:
+    """Threads one decoder may use: as many as torch may in this process.
+
+    A process that set torch to one thread (a Ray inference actor, a DataLoader worker) is one of
+    several workers sharing the cores; decoders that each start a thread per core would
+    oversubscribe them. Elsewhere torch's count is the core count, as ffmpeg's own default.
+    """
+    return max(1, torch.get_num_threads())
+
+
 def _check_every_frame_decodes(metadata: VideoMetadata) -> None:
     count = 0
     with av.open(metadata.path, metadata_errors="ignore") as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        stream.thread_count = decoder_threads()
         try:
             for _ in container.decode(stream):
                 count += 1
@@ -472,7 +484,7 @@ class _DecordBackend:
             )
         self.timeout_s = timeout_s
         self.reader = _call_with_timeout(
-            lambda: decord.VideoReader(path, ctx=decord.cpu(0), num_threads=0), timeout_s
+            lambda: decord.VideoReader(path, ctx=decord.cpu(0), num_threads=decoder_threads()), timeout_s
         )
         if len(self.reader) != metadata.num_frames:
             raise _BackendUnusable(
@@ -547,7 +559,7 @@ class _TorchCodecBackend:
             path,
             dimension_order="NHWC",
             seek_mode="exact",
-            num_ffmpeg_threads=0,
+            num_ffmpeg_threads=decoder_threads(),
             custom_frame_mappings=json.dumps(mappings),
         )
 
@@ -615,6 +627,7 @@ class _PyAVBackend:
         self.container = _open_container(path)
         self.stream = _video_stream(self.container, path)
         self.stream.thread_type = "AUTO"
+        self.stream.thread_count = decoder_threads()
         self.stream.codec_context.options = _decoder_options(index)
         self._to_rgb = _RGBConverter()
         self._decoded = None  # the live frame iterator, positioned after `self._last`
