@@ -41,8 +41,7 @@ def _make_clips(root: Path, count: int) -> Path:
     subprocess.run(
         [sys.executable, "-m", "spatiotemporal.cli", "prepare", "synthetic-kinetics", str(root / "data"),
          "--classes", "8", "--videos-per-class", str(per_class), "--val-per-class", "1", "--test-per-class", "1",
-         "--frames", str(CLIP_FRAMES),
-         "--size", str(CLIP_SIZE), "--fps", str(CLIP_FPS), "--no-preview"],
+         "--frames", str(CLIP_FRAMES), "--size", str(CLIP_SIZE), "--fps", str(CLIP_FPS), "--no-preview"],
         check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     videos = sorted((root / "data").rglob("*.mp4"))[:count]
@@ -170,7 +169,8 @@ def run(args) -> str:
     versus_steady = rates["ray, 2 workers"][1] / rates["DataLoader + loop"][1]
     load_after = os.getloadavg()
     lines = [
-        f"{count} synthetic clips ({CLIP_SIZE}x{CLIP_SIZE}, {CLIP_FRAMES} frames at {CLIP_FPS} fps), `{MODEL}`, views {VIEWS}, batch {BATCH}, CPU; "
+        f"{count} synthetic clips ({CLIP_SIZE}x{CLIP_SIZE}, {CLIP_FRAMES} frames at {CLIP_FPS} fps), `{MODEL}`, "
+        f"views {VIEWS}, batch {BATCH}, CPU; "
         f"best of {repeats} interleaved round(s). Ray: each worker is one actor that decodes its batch and "
         "runs the model on one thread (one core). Reference: `DataLoader(num_workers=1)` decoding, the model "
         "in the main process on the remaining core(s).",

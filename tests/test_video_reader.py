@@ -301,3 +301,16 @@ def test_decord_timeout_without_fallback_is_an_error(video_dir):
     with pytest.raises(VideoDecodeError, match="did not answer within") as caught:
         VideoReader(path, backend="decord", timeout_s=1e-6)
     assert caught.value.path == str(path)
+
+
+def test_a_one_thread_worker_decodes_on_one_thread(video_dir):
+    """Ray actors and DataLoader workers run torch on one thread each; their decoders must not
+    start a thread per core on top (N workers x N threads on N cores)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with VideoReader(video_dir / "flipping_a_pancake.mkv", backend="pyav") as reader:
+            assert reader._backend.stream.thread_count == 1
+            assert torch.equal(reader.get_frames([0, 100]), ffmpeg_frames(video_dir / "flipping_a_pancake.mkv")[[0, 100]])
+    finally:
+        torch.set_num_threads(previous)

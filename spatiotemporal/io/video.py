@@ -302,7 +302,6 @@ def probe_video(path: str | os.PathLike, check_decode: bool = False) -> VideoMet
     return metadata
 
 
-
 def decoder_threads() -> int:
     """Threads one decoder may use: as many as torch may in this process.
 

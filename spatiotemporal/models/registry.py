@@ -7,8 +7,8 @@ protocol, so the evaluator and the CLI never guess them.
 
 from __future__ import annotations
 
-import importlib
 import dataclasses
+import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
