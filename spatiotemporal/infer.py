@@ -251,7 +251,6 @@ class PointSegmenter:
 
     @torch.inference_mode()
     def predict(self, path: str | os.PathLike, cloud: dict | None = None) -> PointPrediction:
-        from spatiotemporal.data.point_transforms import CenterShift, to_tensors
         from spatiotemporal.eval.scannet import predict_scene
         from spatiotemporal.io.points import estimate_normals, read_points
 
@@ -260,8 +259,7 @@ class PointSegmenter:
             raise InputError(path, "the model needs per-point colour, and this cloud has none")
         if "normal" in self.feature_keys and "normal" not in cloud:
             cloud = {**cloud, "normal": estimate_normals(cloud)}
-        scene = CenterShift(apply_z=True)(to_tensors(cloud))
-        segment, fragments = predict_scene(self.model, scene, self.voxel_size, self.max_fragments, name=os.fspath(path))
+        segment, fragments = predict_scene(self.model, cloud, self.voxel_size, self.max_fragments, name=os.fspath(path))
         return PointPrediction(path=os.fspath(path), cloud=cloud, segment=segment, class_names=self.class_names,
                                fragments=fragments)
 

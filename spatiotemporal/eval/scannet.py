@@ -189,15 +189,16 @@ class FragmentVoter:
         return self.votes.argmax(axis=1)
 
 
-def predict_scene(model, scene: dict, grid_size: float, max_fragments: int | None = None,
+def predict_scene(model, cloud: dict, grid_size: float, max_fragments: int | None = None,
                   name: str = "<scene>") -> tuple[np.ndarray, int]:
-    """Train ids (0..19 for the ScanNet heads) for every point of `scene`, Pointcept's test
+    """Train ids (0..19 for the ScanNet heads) for every point of `cloud`, Pointcept's test
     protocol, and how many fragments were predicted.
 
-    `scene`: tensors, floor at z = 0 and xy centred (`CenterShift(apply_z=True)`), colour 0..255.
-    It is voxelized at `grid_size` into test fragments that together cover every point; each is
-    centred, colour-normalised and predicted with the model's own input features, and the softmax
-    is summed back onto the points (`FragmentVoter`). `max_fragments` (None or 0 = all) caps the
+    `cloud`: per-point arrays or tensors as read (coord, colour 0..255, and normals if the model
+    takes them). It is shifted floor to z = 0 and xy-centred, then voxelized at `grid_size` into
+    test fragments that together cover every point; each is centred, colour-normalised and
+    predicted with the model's own input features, and the softmax is summed back onto the points
+    (`FragmentVoter`). `max_fragments` (None or 0 = all) caps the
     fragments for speed; points then uncovered take their voxel's vote.
     """
     import torch
@@ -205,6 +206,7 @@ def predict_scene(model, scene: dict, grid_size: float, max_fragments: int | Non
     from spatiotemporal.data import point_transforms as T
     from spatiotemporal.models.registry import point_feature_keys
 
+    scene = T.CenterShift(apply_z=True)(T.to_tensors(cloud))
     fragments = T.GridSample(grid_size, "test")(scene)
     capped = bool(max_fragments) and len(fragments) > max_fragments
     fragments = fragments[:max_fragments] if capped else fragments

@@ -111,7 +111,7 @@ class TimeSformer(nn.Module):
         """(B, C, T, H, W) -> the normalised class-token embedding (B, D)."""
         x, grid = self.embed(video)
         for block in self.blocks:
-            x = run_block(block, x, grid, checkpointed=self.grad_checkpointing and self.training)
+            x = run_block(block, x, grid, checkpointed=self.grad_checkpointing)
         if self.time_embed is None:
             x = reduce(x, "(b t) n d -> b n d", "mean", t=grid[0])
         return self.norm(x[:, 0])

@@ -117,7 +117,7 @@ class ViViT(nn.Module):
 
     def _run(self, blocks: nn.ModuleList, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         for block in blocks:
-            x = run_block(block, x, grid, checkpointed=self.grad_checkpointing and self.training)
+            x = run_block(block, x, grid, checkpointed=self.grad_checkpointing)
         return x
 
     def _with_cls(self, cls: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

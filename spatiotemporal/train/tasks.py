@@ -341,7 +341,6 @@ class PointsTask:
         from tqdm import tqdm
 
         from spatiotemporal.data.scannet import ScanNetDataset
-        from spatiotemporal.data import point_transforms as T
         from spatiotemporal.eval.scannet import ScanNetEvaluator, predict_scene, train_to_nyu40, write_submission
 
         data = self.config["data"]
@@ -353,8 +352,7 @@ class PointsTask:
         for index in tqdm(_rank_shard(len(scenes), rank, world), desc="eval scannet", disable=rank != 0, leave=False):
             cloud = scenes.load(index)
             name = cloud.pop("name")
-            scene = T.CenterShift(apply_z=True)(T.to_tensors(cloud))
-            pred, _ = predict_scene(model, scene, data["grid_size"], name=name)
+            pred, _ = predict_scene(model, cloud, data["grid_size"], name=name)
             evaluator.update_train_ids(pred, cloud["segment"], name)
             if report_dir is not None:
                 write_submission(report_dir / "submission" / f"{name}.txt", train_to_nyu40(pred))
