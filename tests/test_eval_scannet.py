@@ -189,15 +189,16 @@ def test_cli_model_path_writes_submissions_that_score_the_same_against_the_raw_l
     from spatiotemporal.data.scannet import preprocess_raw_scene
     from spatiotemporal.data.synthetic_scannet import SceneSpec, write_dataset
     from spatiotemporal.io.points import read_points, write_preprocessed
-    from spatiotemporal.models import create_model
+    from spatiotemporal.train.config import load_config
+    from spatiotemporal.train.tasks import PointsTask
 
     raw, data = tmp_path / "raw", tmp_path / "data"
     scenes = write_dataset(raw, 2, seed=7, spec=SceneSpec(spacing=0.08), val_fraction=0)["train"]
     for name in scenes:
         write_preprocessed(data / "val" / name, preprocess_raw_scene(raw / name))
-    torch.manual_seed(0)
-    torch.save(create_model("point_transformer_tiny", num_classes=20).state_dict(), tmp_path / "model.pt")
     config = Path(__file__).resolve().parents[1] / "configs" / "point_transformer_tiny_synthetic_scannet.yaml"
+    torch.manual_seed(0)
+    torch.save(PointsTask(load_config(config)).build_model().state_dict(), tmp_path / "model.pt")
 
     def cli(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "spatiotemporal.cli", "eval", "scannet", *args],

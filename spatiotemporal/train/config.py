@@ -42,6 +42,7 @@ DEFAULTS: dict[str, Any] = {
     "schedule": {"epochs": 10, "warmup_epochs": 1.0, "min_lr": 1e-6},
     "train": {
         "label_smoothing": 0.0,
+        "lovasz_weight": 0.0,  # points: weight of the Lovasz-softmax term added to cross-entropy
         "mixup_alpha": 0.0,
         "cutmix_alpha": 0.0,
         "mix_prob": 1.0,

@@ -326,6 +326,11 @@ class PointsTask:
     def train_loss(self, model, batch: dict, rng: np.random.Generator):
         logits = model(batch["coord"], point_features(batch, point_feature_keys(model)), batch["offset"])
         loss = F.cross_entropy(logits.float(), batch["segment"], ignore_index=-1)
+        lovasz_weight = self.config["train"]["lovasz_weight"]
+        if lovasz_weight:
+            from spatiotemporal.train.losses import lovasz_softmax
+
+            loss = loss + lovasz_weight * lovasz_softmax(logits, batch["segment"], ignore_index=-1)
         valid = batch["segment"] >= 0
         correct = int((logits.argmax(-1)[valid] == batch["segment"][valid]).sum())
         return loss, correct, int(valid.sum())
