@@ -13,7 +13,9 @@ work is laid out on the cluster is `resource_plan`'s job:
 Either way the actors batch several videos per forward pass.
 
 Result rows: id, path, class_ids, labels, probs (top-k, best first), optional embedding, and
-timings (decode_s, infer_s) with where the work ran (decode_node, infer_node, infer_pid).
+timings (decode_s, infer_s) with where the work ran (decode_node, infer_node, infer_pid) and the
+precision it ran in (bf16 autocast or fp32; `precision="auto"` picks bf16 where the device has
+native bf16).
 """
 
 from __future__ import annotations
@@ -66,14 +68,14 @@ class Predictor:
     """
 
     def __init__(self, model: str, checkpoint: str | None, views: tuple[int, int], topk: int, embed: bool,
-                 device: str, threads: int, recipe=None, timeout_s: float = 30.0):
+                 device: str, threads: int, precision: str = "auto", recipe=None, timeout_s: float = 30.0):
         import ray
         import torch
 
         from spatiotemporal.infer import VideoClassifier
 
         torch.set_num_threads(max(1, threads))
-        self.classifier = VideoClassifier(model, checkpoint, views=views, device=device)
+        self.classifier = VideoClassifier(model, checkpoint, views=views, device=device, precision=precision)
         self.topk, self.embed = topk, embed
         self.recipe, self.timeout_s = recipe, timeout_s
         self.node = ray.get_runtime_context().get_node_id()
@@ -112,6 +114,7 @@ class Predictor:
             "decode_node": pa.array(batch["decode_node"].tolist(), pa.string()),
             "infer_node": pa.array([self.node] * count, pa.string()),
             "infer_pid": pa.array([self.pid] * count, pa.int64()),
+            "precision": pa.array([self.classifier.precision] * count, pa.string()),
         }
         if embedding is not None:
             columns["embedding"] = pa.array(embedding.tolist(), pa.list_(pa.float32()))
@@ -174,6 +177,7 @@ def run(
     workers: int = 1,
     batch_size: int = 4,
     device: str = "auto",
+    precision: str = "auto",
     timeout_s: float = 30.0,
     resume: bool = True,
     retry_failed: bool = False,
@@ -184,9 +188,10 @@ def run(
     progress: bool = True,
 ) -> JobSummary:
     """Top-k predictions for every video under `input`, into Parquet shards in `output`."""
-    from spatiotemporal.infer import ClipRecipe, parse_views
+    from spatiotemporal.infer import ClipRecipe, check_precision, parse_views
     from spatiotemporal.models.registry import get_spec
 
+    check_precision(precision)  # before any actor starts
     spec = get_spec(model)
     recipe = ClipRecipe.from_spec(spec, parse_views(views, spec))
     items = list_inputs(input, VIDEO_EXTENSIONS)
@@ -203,6 +208,7 @@ def run(
             "embed": embed,
             "device": layout.device,
             "threads": layout.threads,
+            "precision": precision,
         }
         if layout.decode_in_actor:
             predictor_kwargs.update(recipe=recipe, timeout_s=timeout_s)

@@ -33,6 +33,36 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+
+def has_native_bf16(device: torch.device) -> bool:
+    """Whether bf16 matmuls run on bf16 units here: AMX or AVX512-BF16 on a CPU, a bf16-capable GPU.
+
+    Elsewhere oneDNN emulates them and bf16 is slower than fp32 (see BENCHMARKS.md).
+    """
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """The compute dtype for `precision`: 'auto' is bf16 autocast where the device has native bf16
+    (3-5x the fp32 throughput of the base models on a 2-core AMX CPU, same top-1; BENCHMARKS.md),
+    fp32 elsewhere."""
+    check_precision(precision)
+    if precision == "auto":
+        return torch.bfloat16 if has_native_bf16(device) else torch.float32
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
 def parse_views(text: str | None, spec: ModelSpec) -> tuple[int, int]:
     """'TxS' (e.g. '4x3'), or the spec's own protocol when None."""
     if not text:
@@ -141,6 +171,7 @@ class VideoClassifier:
         device: str = "auto",
         num_classes: int | None = None,
         class_names: list[str] | None = None,
+        precision: str = "auto",
     ):
         self.spec = get_spec(model)
         if self.spec.family != "video":
@@ -148,11 +179,17 @@ class VideoClassifier:
         if num_classes is None and class_names:
             num_classes = len(class_names)
         self.device = resolve_device(device)
+        self.dtype = resolve_precision(precision, self.device)
         # create_model takes the class count a checkpoint of ours records when none is given.
         self.model = create_model(model, num_classes=num_classes, pretrained=checkpoint).eval().to(self.device)
         self.num_classes = self.model.num_classes
         self.class_names = class_names or class_names_for(self.num_classes, checkpoint)
         self.views = views if isinstance(views, tuple) else parse_views(views, self.spec)
+
+    @property
+    def precision(self) -> str:
+        """What the model computes in: "bf16" (autocast) or "fp32"."""
+        return "bf16" if self.dtype == torch.bfloat16 else "fp32"
 
     @property
     def recipe(self) -> ClipRecipe:
@@ -169,11 +206,14 @@ class VideoClassifier:
         batch, count = views.shape[:2]
         x = views_to_input(views, self.spec).to(self.device)
         x = rearrange(x, "b v ... -> (b v) ...")
-        if embed:
-            features = self.model.forward_features(x)
-            logits = self.model.head(features) if hasattr(self.model, "head") else self.model(x)
-        else:
-            features, logits = None, self.model(x)
+        # Autocast rather than a bf16 copy of the model: the weights stay fp32, so one model
+        # serves both precisions, and views are aggregated from fp32 logits.
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16):
+            if embed:
+                features = self.model.forward_features(x)
+                logits = self.model.head(features) if hasattr(self.model, "head") else self.model(x)
+            else:
+                features, logits = None, self.model(x)
         logits = rearrange(logits.float(), "(b v) k -> b v k", b=batch, v=count)
         probs = torch.stack([aggregate_views(view_logits, self.spec.protocol.aggregation) for view_logits in logits])
         top = probs.topk(min(topk, probs.shape[-1]), dim=-1)

@@ -76,7 +76,7 @@ def test_videos_get_top_k_labels_from_the_checkpoints_class_names(tmp_path, chec
     b = make_video(tmp_path / "b.mp4", pattern="smptebars")
     code, stdout, stderr = infer(capsys, str(a), str(video_dir / "corrupted.mp4"), str(b), "--model", MODEL,
                                  "--checkpoint", str(checkpoint), "--views", "2x1", "--topk", "3", "--device", "cpu",
-                                 "--json")
+                                 "--precision", "fp32", "--json")
     assert code == 1
     failed_lines = [line for line in stderr.splitlines() if line.startswith("FAILED")]
     assert len(failed_lines) == 1 and "corrupted.mp4" in failed_lines[0] and "decod" in failed_lines[0]
@@ -92,6 +92,37 @@ def test_videos_get_top_k_labels_from_the_checkpoints_class_names(tmp_path, chec
         top = probs.topk(3)
         assert record["labels"] == [f"motion {i}" for i in top.indices.tolist()]
         np.testing.assert_allclose(record["probs"], top.values.numpy(), rtol=1e-4)
+        assert record["precision"] == "fp32"
+
+
+def test_bf16_runs_under_autocast_and_keeps_the_fp32_ranking(tmp_path, checkpoint, capsys):
+    """--precision bf16 (what auto picks on AMX/AVX512-BF16 CPUs and bf16 GPUs): matmuls in bf16,
+    so the probabilities move by bf16 rounding, not more, and the ranking holds."""
+    video = make_video(tmp_path / "a.mp4")
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        code, stdout, stderr = infer(capsys, str(video), "--model", MODEL, "--checkpoint", str(checkpoint),
+                                     "--views", "2x3", "--topk", "6", "--device", "cpu", "--precision", precision,
+                                     "--json")
+        assert code == 0, stderr[-2000:]
+        (runs[precision],) = json.loads(stdout)["results"]
+        assert runs[precision]["precision"] == precision
+    fp32, bf16 = runs["fp32"], runs["bf16"]
+    assert bf16["probs"] != fp32["probs"]  # autocast took effect
+    np.testing.assert_allclose(bf16["probs"], fp32["probs"], atol=0.02)
+    assert bf16["labels"][0] == fp32["labels"][0]
+
+
+def test_auto_precision_is_bf16_only_where_the_device_has_bf16_units():
+    from spatiotemporal.infer import has_native_bf16, resolve_precision
+
+    cpu = torch.device("cpu")
+    native = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    assert has_native_bf16(cpu) == native
+    assert resolve_precision("auto", cpu) == (torch.bfloat16 if native else torch.float32)
+    assert resolve_precision("fp32", cpu) == torch.float32 and resolve_precision("bf16", cpu) == torch.bfloat16
+    with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16, got 'fp16'"):
+        resolve_precision("fp16", cpu)
 
 
 def test_text_output_prints_ranked_labels(tmp_path, checkpoint, capsys):

@@ -147,19 +147,20 @@ def test_video_inference_matches_the_library_and_records_failures(ray_cluster, m
     torch.save({"model": model.state_dict(), "class_names": names}, tmp_path / "ckpt.pt")
     summary = video_inference.run(
         mixed_inputs, tmp_path / "out", model=MODEL, checkpoint=str(tmp_path / "ckpt.pt"), views="2x3",
-        topk=3, embed=True, batch_size=2, progress=False,
+        topk=3, embed=True, batch_size=2, precision="fp32", progress=False,
     )
     results = read_table(tmp_path / "out").set_index("id")
     failures = read_table(tmp_path / "out", "failures")
     assert set(results.index) == GOOD_VIDEOS and set(failures["id"]) == BAD_VIDEOS
     assert (summary.ok, summary.failed) == (3, 2)
-    reference = VideoClassifier(MODEL, str(tmp_path / "ckpt.pt"), views="2x3", device="cpu")
+    reference = VideoClassifier(MODEL, str(tmp_path / "ckpt.pt"), views="2x3", device="cpu", precision="fp32")
     for video in GOOD_VIDEOS:
         expected = reference.predict(mixed_inputs / video, topk=3)
         row = results.loc[video]
         assert list(row["labels"]) == expected.labels
         np.testing.assert_allclose(row["probs"], expected.probs, rtol=1e-4, atol=1e-6)
         assert len(row["embedding"]) == 192 and row["decode_s"] > 0 and row["infer_s"] > 0
+        assert row["precision"] == "fp32"
 
 
 def test_cpu_workers_each_take_one_core_that_decodes_and_infers():

@@ -92,24 +92,36 @@ def naive_fps(points: torch.Tensor, m: int, first: int) -> list[int]:
     return picks
 
 
-def test_farthest_point_sampling_matches_the_textbook_loop_per_cloud():
+@pytest.mark.parametrize("backend", ["open3d", "torch"])
+def test_farthest_point_sampling_matches_the_textbook_loop_per_cloud(backend):
     torch.manual_seed(2)
     points = torch.rand(900, 3)
     offset, new_offset = torch.tensor([400, 900]), torch.tensor([50, 150])
-    picks = ops.farthest_point_sampling(points, offset, new_offset)
+    picks = ops.farthest_point_sampling(points, offset, new_offset, backend=backend)
     for (s0, s1), (m0, m1) in [((0, 400), (0, 50)), ((400, 900), (50, 150))]:
         cloud = points[s0:s1]
         first = int((cloud - cloud.mean(0)).norm(dim=1).argmax())
-        assert (picks[m0:m1] - s0).tolist() == naive_fps(cloud, m1 - m0, first)
+        assert (picks[m0:m1] - s0).tolist() == sorted(naive_fps(cloud, m1 - m0, first))
 
 
-def test_farthest_point_sampling_ignores_storage_order():
+def test_farthest_point_sampling_backends_agree_on_a_training_sized_cloud():
+    torch.manual_seed(4)
+    points = torch.rand(8000, 3) * torch.tensor([6.0, 5.0, 2.5])
+    offset, new_offset = torch.tensor([3000, 8000]), torch.tensor([750, 2000])
+    cpu = ops.farthest_point_sampling(points, offset, new_offset, backend="open3d")
+    assert torch.equal(cpu, ops.farthest_point_sampling(points, offset, new_offset, backend="torch"))
+    assert torch.equal(cpu, ops.farthest_point_sampling(points, offset, new_offset))  # auto: open3d on CPU
+
+
+@pytest.mark.parametrize("backend", ["open3d", "torch"])
+def test_farthest_point_sampling_ignores_storage_order(backend):
     torch.manual_seed(3)
     points = torch.rand(500, 3)
     perm = torch.randperm(500)
-    a = points[ops.farthest_point_sampling(points, torch.tensor([500]), torch.tensor([64]))]
-    b = points[perm][ops.farthest_point_sampling(points[perm], torch.tensor([500]), torch.tensor([64]))]
-    assert torch.equal(a, b)
+    a = points[ops.farthest_point_sampling(points, torch.tensor([500]), torch.tensor([64]), backend=backend)]
+    b = points[perm][ops.farthest_point_sampling(points[perm], torch.tensor([500]), torch.tensor([64]), backend=backend)]
+    # The same points, each set in its own storage order.
+    assert set(map(tuple, a.tolist())) == set(map(tuple, b.tolist())) and len(a) == 64
 
 
 def test_grid_pool_averages_coordinates_and_max_pools_features():

@@ -16,6 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--views", default=None, help="video test views TxS, e.g. 4x3 (default: the model's protocol)")
     parser.add_argument("--topk", type=int, default=5)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                        help="videos: bf16 autocast or fp32 (default auto: bf16 where the device has native "
+                             "bf16, i.e. AMX/AVX512-BF16 CPUs and bf16 GPUs)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
     parser.add_argument("--out", default=None, help="folder for labeled PLYs and PNG renderings (point clouds)")
     parser.add_argument("--voxel-size", type=float, default=0.02, help="point clouds: grid size in metres")
@@ -27,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _video(args, paths, report, fail) -> None:
     from spatiotemporal.infer import VideoClassifier
 
-    classifier = VideoClassifier(args.model, args.checkpoint, views=args.views, device=args.device)
+    classifier = VideoClassifier(args.model, args.checkpoint, views=args.views, device=args.device,
+                                 precision=args.precision)
     for path in paths:
         try:
             prediction = classifier.predict(path, topk=args.topk)
@@ -35,7 +39,7 @@ def _video(args, paths, report, fail) -> None:
             fail(path, err)
             continue
         report({"path": path, "labels": prediction.labels, "probs": prediction.probs,
-                "class_ids": prediction.class_ids})
+                "class_ids": prediction.class_ids, "precision": classifier.precision})
         if not args.json:
             print(path)
             for rank, (label, prob) in enumerate(zip(prediction.labels, prediction.probs), 1):

@@ -20,6 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1, help="inference actors")
     parser.add_argument("--batch-size", type=int, default=4, help="videos per forward pass")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                        help="bf16 autocast or fp32 (default auto: bf16 where the workers' device has native bf16)")
     parser.add_argument("--timeout", type=float, default=30.0, help="per-video decode timeout (s)")
 
 
@@ -31,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
         summary = video_inference.run(
             args.input, args.output, model=args.model, checkpoint=args.checkpoint, views=args.views,
             topk=args.topk, embed=args.embed, workers=args.workers, batch_size=args.batch_size,
-            device=args.device, timeout_s=args.timeout, **job_kwargs(args),
+            device=args.device, precision=args.precision, timeout_s=args.timeout, **job_kwargs(args),
         )
     except ManifestError as err:
         print(f"error: {err}", file=sys.stderr)

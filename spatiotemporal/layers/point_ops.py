@@ -6,8 +6,10 @@ int64 holds the cumulative point counts, so cloud b is rows offset[b-1]:offset[b
 
 Nothing here needs a compiled extension (pointops, torch_scatter): the same code runs on CPU and
 CUDA tensors. On CPU, kNN goes to open3d's compiled search (a core dependency), which is an order
-of magnitude faster than any PyTorch formulation there; the PyTorch path serves CUDA tensors. Results depend only on the geometry, never on storage order, except where two points
-are at exactly the same distance at the k-th place (either may win, as with any top-k).
+of magnitude faster than any PyTorch formulation there, and so does farthest-point sampling; the
+PyTorch paths serve CUDA tensors. Results depend only on the geometry, never on storage order,
+except where two points are at exactly the same distance at the k-th place (either may win, as
+with any top-k).
 """
 
 from __future__ import annotations
@@ -238,13 +240,24 @@ def knn_query(
 # ----------------------------------------------------------------------------- downsampling
 
 
-def farthest_point_sampling(coord: Tensor, offset: Tensor, new_offset: Tensor) -> Tensor:
-    """Indices (M,) of iteratively farthest points, new_offset giving how many per cloud.
+def farthest_point_sampling(coord: Tensor, offset: Tensor, new_offset: Tensor, backend: str = "auto") -> Tensor:
+    """Indices (M,) of iteratively farthest points, new_offset giving how many per cloud, each
+    cloud's in storage order (as open3d returns them; callers use the set, not the pick order).
 
     The first pick is the point farthest from its cloud's centroid rather than index 0, so the
     chosen set does not depend on the order the points are stored in (and moves with the cloud
-    under translation). All clouds advance together, one vectorised step per sample.
+    under translation).
+
+    `backend`: "open3d" (CPU tensors only: its compiled loop, per cloud), "torch" (any device:
+    all clouds advance together, one vectorised step per sample), or "auto": open3d for CPU
+    tensors, torch otherwise. The torch loop is a few small ops per pick, so on CPU their
+    dispatch dominates: 2,000 picks from 8,000 points take ~120 ms there against ~15 ms in open3d,
+    a quarter of a Point Transformer training step.
     """
+    if backend == "auto":
+        backend = "open3d" if coord.device.type == "cpu" else "torch"
+    if backend not in ("open3d", "torch"):
+        raise ValueError(f"backend must be 'auto', 'open3d' or 'torch', got {backend!r}")
     check_offset(offset, len(coord))
     coord = coord.detach()
     counts = offset_to_counts(offset).tolist()
@@ -262,11 +275,31 @@ def farthest_point_sampling(coord: Tensor, offset: Tensor, new_offset: Tensor) -
     ).view(b, 1, 1)
     neg_inf = torch.finfo(coord.dtype).min
     first = ((padded - centroid).square().sum(-1)).masked_fill(~valid, neg_inf).argmax(1)
+    starts = [s0 for s0, _ in _ranges(offset)]
+    if backend == "open3d":
+        return torch.cat([
+            _open3d_fps(coord[s0 : s0 + n], m, int(first[j])) + s0
+            for j, (s0, n, m) in enumerate(zip(starts, counts, new_counts))
+        ])
     m_max = max(new_counts)
     with single_thread():
         picks = _fps_loop(padded, valid, first, m_max)
-    starts = [s0 for s0, _ in _ranges(offset)]
-    return torch.cat([picks[j, :m] + starts[j] for j, m in enumerate(new_counts)])
+    return torch.cat([picks[j, :m].sort().values + starts[j] for j, m in enumerate(new_counts)])
+
+
+def _open3d_fps(points: Tensor, m: int, first: int) -> Tensor:
+    """open3d's farthest-point loop from `first`; it returns points, not indices, so each point
+    carries its index through the sampling as its colour (float64 holds any index exactly)."""
+    import numpy as np
+    import open3d as o3d
+
+    if points.device.type != "cpu":
+        raise ValueError("the open3d FPS backend takes CPU tensors; use backend='torch' on other devices")
+    cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points.double().numpy()))
+    index = np.arange(len(points), dtype=np.float64)
+    cloud.colors = o3d.utility.Vector3dVector(np.repeat(index[:, None], 3, axis=1))
+    sampled = cloud.farthest_point_down_sample(m, first)
+    return torch.from_numpy(np.asarray(sampled.colors)[:, 0].astype(np.int64))
 
 
 def _fps_loop(padded: Tensor, valid: Tensor, first: Tensor, m_max: int) -> Tensor:
