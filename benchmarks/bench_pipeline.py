@@ -168,9 +168,14 @@ def run(args) -> str:
     scaling_steady = rates["ray, 2 workers"][1] / rates["ray, 1 worker"][1]
     versus_steady = rates["ray, 2 workers"][1] / rates["DataLoader + loop"][1]
     load_after = os.getloadavg()
+    import torch
+
+    from spatiotemporal.infer import resolve_precision
+
+    precision = "bf16 autocast" if resolve_precision("auto", torch.device("cpu")) == torch.bfloat16 else "fp32"
     lines = [
         f"{count} synthetic clips ({CLIP_SIZE}x{CLIP_SIZE}, {CLIP_FRAMES} frames at {CLIP_FPS} fps), `{MODEL}`, "
-        f"views {VIEWS}, batch {BATCH}, CPU; "
+        f"views {VIEWS}, batch {BATCH}, CPU, precision auto ({precision} here) in every setup; "
         f"best of {repeats} interleaved round(s). Ray: each worker is one actor that decodes its batch and "
         "runs the model on one thread (one core). Reference: `DataLoader(num_workers=1)` decoding, the model "
         "in the main process on the remaining core(s).",
