@@ -170,7 +170,7 @@ def run(args) -> str:
     load_after = os.getloadavg()
     import torch
 
-    from spatiotemporal.infer import resolve_precision
+    from spatiotemporal.precision import resolve_precision
 
     precision = "bf16 autocast" if resolve_precision("auto", torch.device("cpu")) == torch.bfloat16 else "fp32"
     lines = [

@@ -188,8 +188,9 @@ def run(
     progress: bool = True,
 ) -> JobSummary:
     """Top-k predictions for every video under `input`, into Parquet shards in `output`."""
-    from spatiotemporal.infer import ClipRecipe, check_precision, parse_views
+    from spatiotemporal.infer import ClipRecipe, parse_views
     from spatiotemporal.models.registry import get_spec
+    from spatiotemporal.precision import check_precision
 
     check_precision(precision)  # before any actor starts
     spec = get_spec(model)

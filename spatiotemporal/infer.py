@@ -23,6 +23,7 @@ from spatiotemporal.data.sampling import uniform_clips
 from spatiotemporal.data.transforms import center_crop, three_crop
 from spatiotemporal.io.errors import CheckpointError, InputError
 from spatiotemporal.models.registry import ModelSpec, create_model, get_spec, point_feature_keys
+from spatiotemporal.precision import resolve_precision
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -31,36 +32,6 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for, but CUDA is not available")
     return torch.device(device)
-
-
-PRECISIONS = ("auto", "fp32", "bf16")
-
-
-def check_precision(precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-
-
-def has_native_bf16(device: torch.device) -> bool:
-    """Whether bf16 matmuls run on bf16 units here: AMX or AVX512-BF16 on a CPU, a bf16-capable GPU.
-
-    Elsewhere oneDNN emulates them and bf16 is slower than fp32 (see BENCHMARKS.md).
-    """
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
-    return False
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """The compute dtype for `precision`: 'auto' is bf16 autocast where the device has native bf16
-    (3-5x the fp32 throughput of the base models on a 2-core AMX CPU, same top-1; BENCHMARKS.md),
-    fp32 elsewhere."""
-    check_precision(precision)
-    if precision == "auto":
-        return torch.bfloat16 if has_native_bf16(device) else torch.float32
-    return torch.bfloat16 if precision == "bf16" else torch.float32
 
 
 def parse_views(text: str | None, spec: ModelSpec) -> tuple[int, int]:

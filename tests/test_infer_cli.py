@@ -114,7 +114,7 @@ def test_bf16_runs_under_autocast_and_keeps_the_fp32_ranking(tmp_path, checkpoin
 
 
 def test_auto_precision_is_bf16_only_where_the_device_has_bf16_units():
-    from spatiotemporal.infer import has_native_bf16, resolve_precision
+    from spatiotemporal.precision import has_native_bf16, resolve_precision
 
     cpu = torch.device("cpu")
     native = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()

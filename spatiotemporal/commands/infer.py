@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from spatiotemporal.precision import PRECISIONS
+
 HELP = "classify videos (top-k labels) or segment point clouds (.ply) with one model"
 
 
@@ -16,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--views", default=None, help="video test views TxS, e.g. 4x3 (default: the model's protocol)")
     parser.add_argument("--topk", type=int, default=5)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
                         help="videos: bf16 autocast or fp32 (default auto: bf16 where the device has native "
                              "bf16, i.e. AMX/AVX512-BF16 CPUs and bf16 GPUs)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")

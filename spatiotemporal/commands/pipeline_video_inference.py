@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from pipelines.arguments import add_job_arguments, job_kwargs
+from spatiotemporal.precision import PRECISIONS
 
 HELP = "classify many videos on Ray (decode tasks + model actor pool), resumable"
 
@@ -20,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1, help="inference actors")
     parser.add_argument("--batch-size", type=int, default=4, help="videos per forward pass")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
                         help="bf16 autocast or fp32 (default auto: bf16 where the workers' device has native bf16)")
     parser.add_argument("--timeout", type=float, default=30.0, help="per-video decode timeout (s)")
 
