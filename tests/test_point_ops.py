@@ -170,3 +170,11 @@ def test_serialize_keeps_clouds_apart_and_rejects_out_of_range_grids():
     assert code[0] < code[1]
     with pytest.raises(ValueError, match="grid coordinates"):
         hilbert_encode(torch.tensor([[-1, 0, 0]]), 4)
+
+
+def test_an_unknown_backend_is_refused_by_knn_and_farthest_point_sampling_alike():
+    points, offset = torch.rand(10, 3), torch.tensor([10])
+    with pytest.raises(ValueError, match="backend must be 'auto', 'open3d' or 'torch', got 'pointops'"):
+        ops.knn_query(4, points, offset, backend="pointops")
+    with pytest.raises(ValueError, match="backend must be 'auto', 'open3d' or 'torch', got 'pointops'"):
+        ops.farthest_point_sampling(points, offset, torch.tensor([3]), backend="pointops")
