@@ -23,7 +23,7 @@ from spatiotemporal.data.sampling import uniform_clips
 from spatiotemporal.data.transforms import center_crop, three_crop
 from spatiotemporal.io.errors import CheckpointError, InputError
 from spatiotemporal.models.registry import ModelSpec, create_model, get_spec, point_feature_keys
-from spatiotemporal.precision import resolve_precision
+from spatiotemporal.precision import resolve_precision, store_autocast_weights
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -153,6 +153,8 @@ class VideoClassifier:
         self.dtype = resolve_precision(precision, self.device)
         # create_model takes the class count a checkpoint of ours records when none is given.
         self.model = create_model(model, num_classes=num_classes, pretrained=checkpoint).eval().to(self.device)
+        if self.dtype != torch.float32:
+            store_autocast_weights(self.model, self.dtype)
         self.num_classes = self.model.num_classes
         self.class_names = class_names or class_names_for(self.num_classes, checkpoint)
         self.views = views if isinstance(views, tuple) else parse_views(views, self.spec)
@@ -177,8 +179,8 @@ class VideoClassifier:
         batch, count = views.shape[:2]
         x = views_to_input(views, self.spec).to(self.device)
         x = rearrange(x, "b v ... -> (b v) ...")
-        # Autocast rather than a bf16 copy of the model: the weights stay fp32, so one model
-        # serves both precisions, and views are aggregated from fp32 logits.
+        # Autocast rather than a bf16 model: norms, softmax and the residual stream stay fp32, and
+        # views are aggregated from fp32 logits. Only the matmul weights are stored in bf16.
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16):
             if embed:
                 features = self.model.forward_features(x)

@@ -125,6 +125,26 @@ def test_auto_precision_is_bf16_only_where_the_device_has_bf16_units():
         resolve_precision("fp16", cpu)
 
 
+@pytest.mark.parametrize("name", ["timesformer_tiny", "vivit_tiny", "mvitv2_tiny", "swin3d_tiny"])
+def test_bf16_weights_stored_once_give_the_same_bits_as_autocast_casting_them_per_call(name):
+    """The bf16 inference path stores the Linear/Conv weights in bf16 once: autocast would cast
+    exactly those, to exactly that dtype, on every call, so nothing but time may change."""
+    import copy
+
+    from spatiotemporal.precision import store_autocast_weights
+
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=7).eval()
+    stored = store_autocast_weights(copy.deepcopy(model), torch.bfloat16)
+    matmul_layers = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+    for module in stored.modules():
+        expected = torch.bfloat16 if isinstance(module, matmul_layers) else torch.float32
+        assert all(p.dtype == expected for p in module.parameters(recurse=False)), module
+    clip = torch.randn(2, 3, model.spec.num_frames, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(stored(clip), model(clip))
+
+
 def test_text_output_prints_ranked_labels(tmp_path, checkpoint, capsys):
     a = make_video(tmp_path / "a.mp4")
     code, stdout, stderr = infer(capsys, str(a), "--model", MODEL, "--checkpoint", str(checkpoint), "--views", "1x1",
