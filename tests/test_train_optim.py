@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from spatiotemporal.models import create_model
 from spatiotemporal.train.config import load_config, parse_views
 from spatiotemporal.train.ema import ModelEma
 from spatiotemporal.train.loop import enable_activation_checkpointing
@@ -58,6 +59,18 @@ def test_norms_biases_and_position_tables_get_no_weight_decay():
     decay = {n for g in groups if g["weight_decay"] > 0 for n in g["names"]}
     assert "pos_embed" in no_decay and "blocks.0.0.weight" in no_decay and "head.bias" in no_decay
     assert decay == {"patch_embed.weight", "blocks.0.1.weight", "blocks.1.1.weight", "blocks.2.1.weight", "head.weight"}
+
+
+@pytest.mark.parametrize(("name", "tables"), [
+    ("timesformer_tiny", {"cls_token", "pos_embed.weight", "time_embed.weight"}),
+    ("vivit_tiny", {"cls_token", "pos_embed.weight"}),
+    ("mvitv2_tiny", {"cls_token"} | {f"blocks.{i}.attn.rel_pos_{a}" for i in range(5) for a in "thw"}),
+    ("swin3d_tiny", {f"stages.{s}.blocks.{b}.attn.relative_position_bias_table" for s in range(4) for b in range(2)}),
+])  # fmt: skip
+def test_the_video_models_position_tables_are_exempt_from_weight_decay_as_in_the_official_recipes(name, tables):
+    groups = param_groups(create_model(name), weight_decay=0.05)
+    no_decay = {n for g in groups if g["weight_decay"] == 0.0 for n in g["names"]}
+    assert tables <= no_decay
 
 
 def test_layer_wise_decay_scales_lr_by_depth():

@@ -60,8 +60,9 @@ class TimeSformer(nn.Module):
         self.patch_embed = PatchEmbed2d(in_channels, embed_dim, patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = LearnedPosEmbed((grid, grid), embed_dim, num_prefix_tokens=1)
+        # Zeros, as the official code starts them (only the spatial table is drawn at random).
         self.time_embed = (
-            LearnedPosEmbed((num_frames,), embed_dim) if attention_type != "space_only" else None
+            LearnedPosEmbed((num_frames,), embed_dim, init_std=0.0) if attention_type != "space_only" else None
         )
         self.pos_drop = nn.Dropout(drop_rate)
 

@@ -80,8 +80,9 @@ class LearnedPosEmbed(nn.Module):
         super().__init__()
         self.grid = tuple(int(g) for g in grid)
         self.num_prefix_tokens = num_prefix_tokens
-        self.weight = nn.Parameter(torch.empty(1, num_prefix_tokens + math.prod(self.grid), dim))
-        nn.init.trunc_normal_(self.weight, std=init_std)
+        self.weight = nn.Parameter(torch.zeros(1, num_prefix_tokens + math.prod(self.grid), dim))
+        if init_std > 0:
+            nn.init.trunc_normal_(self.weight, std=init_std)
 
     def resized(self, grid: Sequence[int]) -> torch.Tensor:
         """The table for tokens on `grid` (interpolated when it is not the trained grid)."""

@@ -10,6 +10,13 @@ from torch import nn
 
 # Parameters that belong before the first block (layer 0 for layer-wise decay).
 _EMBEDDING_NAMES = ("patch_embed", "pos_embed", "cls_token", "time_embed", "temporal_pos_embed", "embed")
+# Tokens and position tables, trained without weight decay as the official recipes do (TimeSformer's
+# and ViT's no_weight_decay, SlowFast MViTv2's rel_pos tables, Video Swin's bias tables). Matched as
+# a component of the parameter's dotted name: a table may be a module's `.weight`.
+_NO_DECAY_TABLES = frozenset({
+    "pos_embed", "cls_token", "time_embed", "temporal_pos_embed",
+    "rel_pos_t", "rel_pos_h", "rel_pos_w", "relative_position_bias_table",
+})  # fmt: skip
 _BLOCK_INDEX = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
 
 
@@ -40,7 +47,7 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | Non
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        no_decay = param.ndim <= 1 or name.endswith((".bias", "pos_embed", "cls_token", "time_embed"))
+        no_decay = param.ndim <= 1 or name.endswith(".bias") or not _NO_DECAY_TABLES.isdisjoint(name.split("."))
         layer = layer_of(name) if layer_decay is not None else 0
         scale = layer_decay ** (num_blocks + 1 - layer) if layer_decay is not None else 1.0
         group = groups.setdefault(
