@@ -59,6 +59,6 @@ def store_autocast_weights(model: nn.Module, dtype: torch.dtype) -> nn.Module:
 
     for module in model.modules():
         if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            for name, param in module.named_parameters(recurse=False):
+            for param in module.parameters(recurse=False):
                 param.data = param.data.to(dtype)
     return model
