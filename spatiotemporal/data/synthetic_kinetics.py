@@ -278,7 +278,8 @@ def render_video(motion: str, frames: int, size: int, rng: np.random.Generator) 
 
 
 def write_mp4(path: str | Path, frames: np.ndarray, fps: int, crf: int = 18) -> None:
-    """h264 yuv420p mp4, single-threaded so the bytes are the same on every machine."""
+    """h264 yuv420p mp4, single-threaded and without x264's assembly, so the bytes are the same on
+    every run and machine."""
     import av
 
     with av.open(str(path), mode="w") as container:
@@ -286,7 +287,9 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: int, crf: int = 18) -> 
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
         stream.codec_context.thread_count = 1
-        stream.options = {"crf": str(crf), "preset": "veryfast", "threads": "1"}
+        # x264's assembly gave different bytes from run to run, for the same frames, on an AVX-512 Xeon
+        # (2 of 5 regenerations); its C path is deterministic, and machine-independent besides.
+        stream.options = {"crf": str(crf), "preset": "veryfast", "threads": "1", "x264-params": "asm=0"}
         for image in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
                 container.mux(packet)
