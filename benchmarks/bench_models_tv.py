@@ -77,7 +77,7 @@ def run(args) -> str:
 
     from spatiotemporal.convert import convert_state_dict
     from spatiotemporal.models import create_model
-    from spatiotemporal.precision import store_autocast_weights
+    from spatiotemporal.precision import has_native_bf16, store_autocast_weights
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     quick = getattr(args, "quick", False)
@@ -137,7 +137,7 @@ def run(args) -> str:
         f"{load_before:.1f} / {load_after:.1f} on {os.cpu_count()} cores; the machine is shared, so "
         "absolute figures move with the load while the ratios (same process, interleaved) hold better.",
     ]
-    if capability not in ("AVX512", "AVX512_BF16", "AMX"):
+    if not has_native_bf16(torch.device("cpu")):
         lines.append(
             "This CPU has no AVX-512-BF16/AMX units, so bf16 autocast is emulated and slower than fp32; "
             "the bf16 target assumes AMX and cannot be met here."

@@ -109,13 +109,13 @@ def run(args) -> str:
 
     import torch
 
-    from spatiotemporal.precision import store_autocast_weights
+    from spatiotemporal.precision import has_native_bf16, store_autocast_weights
 
     quick = getattr(args, "quick", False)
     batches = {1: 1} if quick else {1: 2, 4: 1}  # batch -> timed repeats after one warm-up
     # Without AVX512-BF16/AMX, oneDNN emulates bf16 matmuls and autocast is several times slower than
     # fp32; measure it once at batch 1 to show by how much instead of spending minutes per cell.
-    native_bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    native_bf16 = has_native_bf16(torch.device("cpu"))
     lines = [
         f"CPU capability: {torch.backends.cpu.get_cpu_capability()}; native bf16 matmul: {native_bf16}; "
         f"torch threads: {torch.get_num_threads()}; load average before: "
