@@ -12,6 +12,7 @@ import pytest
 from spatiotemporal.cli import main
 from spatiotemporal.data.kinetics import ClassIndex, read_kinetics_csv
 from spatiotemporal.data.synthetic_kinetics import (
+    MOTION_KINDS,
     MOTIONS,
     SyntheticKineticsConfig,
     draw_scene,
@@ -122,3 +123,38 @@ def test_cli_writes_dataset_and_preview(tmp_path):
 def test_cli_rejects_an_odd_size(tmp_path, capsys):
     assert main(["prepare", "synthetic-kinetics", str(tmp_path), "--size", "63"]) == 2
     assert "even" in capsys.readouterr().out
+
+
+def test_classes_can_be_chosen_by_motion_name(tmp_path):
+    config = SyntheticKineticsConfig(motions=MOTION_KINDS, videos_per_class=1, val_per_class=1, test_per_class=1, frames=8, size=32)
+    assert config.classes == 4 and config.names == MOTION_KINDS
+    generate_synthetic_kinetics(tmp_path, config, progress=False)
+    assert ClassIndex.load(tmp_path / "classes.json").names == tuple(sorted(MOTION_KINDS))
+    assert {row["label"] for row in csv.DictReader((tmp_path / "train.csv").open())} == set(MOTION_KINDS)
+
+
+def test_motion_kinds_hold_no_motion_together_with_its_time_reversal():
+    """MOTIONS lists each motion beside its reversal (right/left, clockwise/counterclockwise, ...)."""
+    reversal_pair = {m: i // 2 for i, m in enumerate(MOTIONS)}
+    assert len({reversal_pair[m] for m in MOTION_KINDS}) == len(MOTION_KINDS)
+
+
+def test_unknown_or_repeated_motions_are_refused():
+    with pytest.raises(ValueError, match=r"unknown motions \['moving sideways'\]"):
+        SyntheticKineticsConfig(motions=("moving right", "moving sideways"))
+    with pytest.raises(ValueError, match="motions must be distinct"):
+        SyntheticKineticsConfig(motions=("moving right", "moving right"))
+
+
+def test_cli_takes_the_motions_by_name(tmp_path):
+    code = main(["prepare", "synthetic-kinetics", str(tmp_path), "--motions", "zooming in, rotating clockwise",
+                 "--videos-per-class", "1", "--frames", "8", "--size", "32", "--no-preview"])  # fmt: skip
+    assert code == 0
+    assert ClassIndex.load(tmp_path / "classes.json").names == ("rotating clockwise", "zooming in")
+
+
+def test_cli_motions_kinds_names_the_motion_kinds(tmp_path):
+    code = main(["prepare", "synthetic-kinetics", str(tmp_path), "--motions", "kinds",
+                 "--videos-per-class", "1", "--frames", "8", "--size", "32", "--no-preview"])  # fmt: skip
+    assert code == 0
+    assert ClassIndex.load(tmp_path / "classes.json").names == tuple(sorted(MOTION_KINDS))

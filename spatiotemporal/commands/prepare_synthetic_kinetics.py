@@ -10,6 +10,9 @@ HELP = "write a synthetic Kinetics-format dataset (CSVs + h264 mp4) whose classe
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", help="output folder (train.csv, validate.csv, test.csv, classes.json, videos)")
     parser.add_argument("--classes", type=int, default=8, help="number of motion classes, 2-12 (default 8)")
+    parser.add_argument("--motions", default=None,
+                        help="the classes by name, comma-separated, instead of the first --classes; 'kinds' = "
+                        "one motion of each kind, none the reverse of another (what the tiny configs train on)")
     parser.add_argument("--videos-per-class", type=int, default=12, help="training videos per class (default 12)")
     parser.add_argument("--val-per-class", type=int, default=None, help="default: a quarter of the training count, >= 2")
     parser.add_argument("--test-per-class", type=int, default=None, help="default: as validation")
@@ -19,6 +22,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="same seed, same dataset (default 0)")
     parser.add_argument("--crf", type=int, default=18, help="x264 quality, lower is better (default 18)")
     parser.add_argument("--no-preview", action="store_true", help="do not write preview.png")
+
+
+def _motions(arg: str | None) -> tuple[str, ...]:
+    from spatiotemporal.data.synthetic_kinetics import MOTION_KINDS
+
+    if not arg:
+        return ()
+    return MOTION_KINDS if arg.strip() == "kinds" else tuple(m.strip() for m in arg.split(","))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
             fps=args.fps,
             seed=args.seed,
             crf=args.crf,
+            motions=_motions(args.motions),
         )
     except ValueError as error:
         print(f"error: {error}")
