@@ -126,7 +126,9 @@ def test_cli_rejects_an_odd_size(tmp_path, capsys):
 
 
 def test_classes_can_be_chosen_by_motion_name(tmp_path):
-    config = SyntheticKineticsConfig(motions=MOTION_KINDS, videos_per_class=1, val_per_class=1, test_per_class=1, frames=8, size=32)
+    config = SyntheticKineticsConfig(
+        motions=MOTION_KINDS, videos_per_class=1, val_per_class=1, test_per_class=1, frames=8, size=32
+    )
     assert config.classes == 4 and config.names == MOTION_KINDS
     generate_synthetic_kinetics(tmp_path, config, progress=False)
     assert ClassIndex.load(tmp_path / "classes.json").names == tuple(sorted(MOTION_KINDS))

@@ -114,7 +114,6 @@ class SyntheticKineticsConfig:
         return self.motions or MOTIONS[: self.classes]
 
 
-
 # ---- the scene ------------------------------------------------------------------------------
 
 

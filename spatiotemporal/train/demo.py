@@ -19,7 +19,8 @@ def _video_data(root: Path, quick: bool) -> Path:
 
     if not (root / "train.csv").exists():
         per_class = 16 if quick else 192  # full: the data the learning tests train on
-        generate_synthetic_kinetics(root, SyntheticKineticsConfig(motions=MOTION_KINDS, videos_per_class=per_class, frames=16, size=32))
+        config = SyntheticKineticsConfig(motions=MOTION_KINDS, videos_per_class=per_class, frames=16, size=32)
+        generate_synthetic_kinetics(root, config)
     return root
 
 
