@@ -86,6 +86,22 @@ def test_outputs_are_invariant_to_translating_the_cloud(name):
     torch.testing.assert_close(a, b, atol=2e-3, rtol=1e-3)
 
 
+def test_stratified_classifier_starts_from_the_references_init_unless_asked_for_pytorchs():
+    torch.manual_seed(3)
+    reference = create_model("stratified_transformer_tiny")
+    torch.manual_seed(3)
+    default_head = create_model("stratified_transformer_tiny", reference_classifier_init=False)
+    ref_state, new_state = reference.state_dict(), default_head.state_dict()
+    differing = sorted(k for k in ref_state if not torch.equal(ref_state[k], new_state[k]))
+    # Only the classifier's two linear layers are drawn again (the batch norm between is untouched).
+    assert differing == ["classifier.0.bias", "classifier.0.weight", "classifier.3.bias", "classifier.3.weight"]
+    # Reference: N(0, 0.02) weights, zero biases; PyTorch: Kaiming-uniform, bound 1 / sqrt(fan_in = 16).
+    assert abs(float(ref_state["classifier.3.weight"].std()) - 0.02) < 0.004
+    assert float(ref_state["classifier.3.bias"].abs().max()) == 0.0
+    assert float(new_state["classifier.3.weight"].abs().max()) <= 0.25
+    assert float(new_state["classifier.3.weight"].std()) > 0.1
+
+
 @pytest.mark.parametrize("name", TINY)
 def test_same_seed_gives_same_outputs_and_training_reaches_every_parameter(name):
     coord, color, normal = room(seed=2)

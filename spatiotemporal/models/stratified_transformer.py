@@ -64,6 +64,10 @@ class StratifiedConfig:
     mlp_ratio: float = 4.0
     drop_path_rate: float = 0.3
     grad_checkpointing: bool = False  # recompute each block's activations in backward
+    # The reference draws every linear layer, the classifier's too, from N(0, 0.02): its first
+    # logits are tiny, and Adam needs a few hundred steps just to scale them up. False keeps
+    # PyTorch's default (Kaiming-uniform) for the classifier instead, for short from-scratch runs.
+    reference_classifier_init: bool = True
 
 
 def kernel_points(radius: float) -> Tensor:
@@ -214,6 +218,10 @@ class StratifiedTransformerSeg(nn.Module):
             nn.Linear(c.channels[0], num_classes),
         )
         self.apply(self._init_weights)
+        if not c.reference_classifier_init:
+            for layer in self.classifier:
+                if isinstance(layer, nn.Linear):
+                    layer.reset_parameters()
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
