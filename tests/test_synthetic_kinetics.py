@@ -160,3 +160,10 @@ def test_cli_motions_kinds_names_the_motion_kinds(tmp_path):
                  "--videos-per-class", "1", "--frames", "8", "--size", "32", "--no-preview"])  # fmt: skip
     assert code == 0
     assert ClassIndex.load(tmp_path / "classes.json").names == tuple(sorted(MOTION_KINDS))
+
+
+def test_cli_refuses_classes_and_motions_together(tmp_path, capsys):
+    code = main(["prepare", "synthetic-kinetics", str(tmp_path), "--classes", "3", "--motions", "kinds"])
+    assert code == 2
+    assert "give --classes (the first N motions) or --motions (the classes by name), not both" in capsys.readouterr().out
+    assert not (tmp_path / "train.csv").exists()

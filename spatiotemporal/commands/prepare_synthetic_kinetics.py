@@ -9,10 +9,10 @@ HELP = "write a synthetic Kinetics-format dataset (CSVs + h264 mp4) whose classe
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", help="output folder (train.csv, validate.csv, test.csv, classes.json, videos)")
-    parser.add_argument("--classes", type=int, default=8, help="number of motion classes, 2-12 (default 8)")
+    parser.add_argument("--classes", type=int, default=None, help="the first N motions as classes, 2-12 (default 8)")
     parser.add_argument("--motions", default=None,
-                        help="the classes by name, comma-separated, instead of the first --classes; 'kinds' = "
-                        "one motion of each kind, none the reverse of another (what the tiny configs train on)")
+                        help="the classes by name, comma-separated, instead of --classes; 'kinds' = one motion of "
+                        "each kind, none the reverse of another (what the tiny configs train on)")
     parser.add_argument("--videos-per-class", type=int, default=12, help="training videos per class (default 12)")
     parser.add_argument("--val-per-class", type=int, default=None, help="default: a quarter of the training count, >= 2")
     parser.add_argument("--test-per-class", type=int, default=None, help="default: as validation")
@@ -41,9 +41,13 @@ def run(args: argparse.Namespace) -> int:
         write_preview,
     )
 
+    if args.classes is not None and args.motions:
+        print("error: give --classes (the first N motions) or --motions (the classes by name), not both")
+        return 2
+    count = {} if args.classes is None else {"classes": args.classes}
     try:
         config = SyntheticKineticsConfig(
-            classes=args.classes,
+            **count,
             videos_per_class=args.videos_per_class,
             val_per_class=args.val_per_class,
             test_per_class=args.test_per_class,
