@@ -4,6 +4,7 @@ in motion."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 
 import numpy as np
@@ -139,6 +140,13 @@ def test_motion_kinds_hold_no_motion_together_with_its_time_reversal():
     """MOTIONS lists each motion beside its reversal (right/left, clockwise/counterclockwise, ...)."""
     reversal_pair = {m: i // 2 for i, m in enumerate(MOTIONS)}
     assert len({reversal_pair[m] for m in MOTION_KINDS}) == len(MOTION_KINDS)
+
+
+def test_a_count_that_disagrees_with_the_named_motions_is_refused():
+    with pytest.raises(ValueError, match="classes=3 disagrees with the 4 motions named"):
+        SyntheticKineticsConfig(classes=3, motions=MOTION_KINDS)
+    config = SyntheticKineticsConfig(motions=MOTION_KINDS)
+    assert dataclasses.replace(config, seed=1).names == MOTION_KINDS
 
 
 def test_unknown_or_repeated_motions_are_refused():

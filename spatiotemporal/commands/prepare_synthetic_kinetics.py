@@ -42,12 +42,12 @@ def run(args: argparse.Namespace) -> int:
     )
 
     if args.classes is not None and args.motions:
+        # The config refuses the pair too; this says it in the flags' names.
         print("error: give --classes (the first N motions) or --motions (the classes by name), not both")
         return 2
-    count = {} if args.classes is None else {"classes": args.classes}
     try:
         config = SyntheticKineticsConfig(
-            **count,
+            classes=args.classes,
             videos_per_class=args.videos_per_class,
             val_per_class=args.val_per_class,
             test_per_class=args.test_per_class,

@@ -68,10 +68,11 @@ _ID_ALPHABET = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwx
 
 @dataclass(frozen=True)
 class SyntheticKineticsConfig:
-    """`classes` takes the first motions of MOTIONS; `motions` names them instead (then `classes`
-    becomes their count), for example MOTION_KINDS."""
+    """The classes are either `classes`, the first N motions of MOTIONS (8 when neither is
+    given), or `motions` by name, for example MOTION_KINDS. After construction both are set:
+    `motions` holds the class names, `classes` their count."""
 
-    classes: int = 8
+    classes: int | None = None
     videos_per_class: int = 12  # training videos per class
     val_per_class: int | None = None  # default: a quarter of the training count, at least 2
     test_per_class: int | None = None
@@ -83,16 +84,23 @@ class SyntheticKineticsConfig:
     motions: tuple[str, ...] = ()
 
     def __post_init__(self):
+        # Both are set after construction, so a copy (dataclasses.replace) passes both, agreeing.
+        if self.motions and self.classes is not None and self.classes != len(self.motions):
+            raise ValueError(
+                f"classes={self.classes} disagrees with the {len(self.motions)} motions named; give classes "
+                "(the first N motions) or motions (the classes by name)"
+            )
         if self.motions:
             unknown = [m for m in self.motions if m not in MOTIONS]
             if unknown:
                 raise ValueError(f"unknown motions {unknown}; known: {', '.join(MOTIONS)}")
             if len(set(self.motions)) != len(self.motions):
                 raise ValueError(f"motions must be distinct, got {list(self.motions)}")
-            object.__setattr__(self, "motions", tuple(self.motions))
-            object.__setattr__(self, "classes", len(self.motions))
-        if not 2 <= self.classes <= len(MOTIONS):
-            raise ValueError(f"classes must be in [2, {len(MOTIONS)}], got {self.classes}")
+        count = len(self.motions) if self.motions else 8 if self.classes is None else self.classes
+        if not 2 <= count <= len(MOTIONS):
+            raise ValueError(f"classes must be in [2, {len(MOTIONS)}], got {count}")
+        object.__setattr__(self, "motions", tuple(self.motions) or MOTIONS[:count])
+        object.__setattr__(self, "classes", count)
         if self.size < 32 or self.size % 2:
             raise ValueError(f"size must be even and >= 32 (h264 4:2:0), got {self.size}")
         if self.frames < 4:
@@ -111,7 +119,7 @@ class SyntheticKineticsConfig:
     @property
     def names(self) -> tuple[str, ...]:
         """The motion of each class id."""
-        return self.motions or MOTIONS[: self.classes]
+        return self.motions
 
 
 # ---- the scene ------------------------------------------------------------------------------
