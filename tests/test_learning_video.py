@@ -38,7 +38,7 @@ VAL_PER_CLASS = 16
 NEAR_CHANCE_BOUND = 0.45
 TRAIN_PER_CLASS = 192
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.learning
 
 
 @pytest.fixture(scope="module")

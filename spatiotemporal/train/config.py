@@ -48,6 +48,7 @@ DEFAULTS: dict[str, Any] = {
         "mix_prob": 1.0,
         "clip_grad": None,
         "accum_steps": 1,
+        "sync_batchnorm": False,  # batch norm statistics over every worker's batch (point models)
         "bf16": False,
         "activation_checkpointing": False,
         "ema_decay": None,

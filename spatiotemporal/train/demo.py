@@ -63,7 +63,6 @@ def run_points_demo(out_dir: str | Path, quick: bool = True) -> dict:
     config = load_config(
         REPO_CONFIGS / "point_transformer_tiny_synthetic_scannet.yaml",
         [f"output_dir={out_dir / 'runs'}", f"data.root={data}", "name=demo_point_transformer",
-         "ray.num_workers=1",
          *(["schedule.epochs=2", "train.eval_every=2", "data.max_points=2000"] if quick else [])],
     )  # fmt: skip
     final = fit(config, resume=(out_dir / "runs" / "demo_point_transformer").exists())

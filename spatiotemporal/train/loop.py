@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from spatiotemporal.layers.sync_batch_norm import synchronize_batch_norms
 from spatiotemporal.train import checkpoint as ckpt
 from spatiotemporal.train.ema import ModelEma
 from spatiotemporal.train.optim import CosineWarmupSchedule, build_optimizer
@@ -96,6 +97,8 @@ def train_loop_per_worker(config: dict) -> None:
     model = task.build_model()
     if tcfg["activation_checkpointing"]:
         enable_activation_checkpointing(model)
+    if tcfg["sync_batchnorm"]:
+        synchronize_batch_norms(model)
     _seed_all(config["seed"] * 1000 + rank + 1)
     device = ray.train.torch.get_device()
     model.to(device)
