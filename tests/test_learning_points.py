@@ -10,9 +10,9 @@ it. The CPU seconds of the whole process tree, Ray's daemons included, are print
 asserted: this shared machine runs the same work at up to half speed at some hours, and timings
 are measured, not asserted in tests.
 
-Measured on this 2-core machine: mIoU 0.751 on the 10 held-out rooms, 568 s wall, 721 CPU s for
-the whole process tree (one Ray Train worker on one core; the rest is Ray's daemons, the driver,
-and compiled neighbour searches running beside the worker's thread).
+Measured on this 2-core machine: mIoU 0.729 on the 10 held-out rooms, 480 CPU s for the whole
+process tree (one Ray Train worker on one core, plus Ray's daemons and the driver), 411 s wall.
+The same config at another hour ran its steps about 1.5x slower.
 
 Not shown here: the tiny Stratified Transformer. On the same data it has not reached the bar
 within a comparable budget (best so far: mIoU 0.58 after 40 epochs of 8000-point crops).
