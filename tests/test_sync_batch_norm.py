@@ -26,6 +26,10 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor]:
     return x, upstream
 
 
+def _bf16_batch() -> torch.Tensor:
+    return (torch.randn(sum(ROWS), CHANNELS, generator=torch.Generator().manual_seed(1)) * 2 + 3).bfloat16()
+
+
 def _fresh_norm() -> PointBatchNorm:
     norm = PointBatchNorm(CHANNELS).double()
     with torch.no_grad():
@@ -44,9 +48,12 @@ def _worker(rank: int, port: int, out: str) -> None:
         mine = x[rows].clone().requires_grad_(True)
         y = norm(mine)
         (y * upstream[rows]).sum().backward()
+        half = _fresh_norm().float()
+        synchronize_batch_norms(half)
+        y_bf16 = half(_bf16_batch()[rows])
         torch.save(
             {"y": y.detach(), "grad_x": mine.grad, "grad_weight": norm.weight.grad, "grad_bias": norm.bias.grad,
-             "running_mean": norm.running_mean, "running_var": norm.running_var},  # fmt: skip
+             "running_mean": norm.running_mean, "running_var": norm.running_var, "y_bf16": y_bf16.detach()},  # fmt: skip
             f"{out}/rank{rank}.pt",
         )
     finally:
@@ -92,6 +99,13 @@ def test_running_statistics_are_the_whole_batch_statistics_on_every_worker(two_w
     for worker in two_workers:
         for key in ("running_mean", "running_var"):
             torch.testing.assert_close(worker[key], one_process[key], rtol=1e-10, atol=1e-12)
+
+
+def test_bf16_inputs_are_normalised_with_float32_statistics_and_stay_bf16(two_workers):
+    y = torch.cat([w["y_bf16"] for w in two_workers])
+    assert y.dtype == torch.bfloat16
+    expected = _fresh_norm().float()(_bf16_batch().float())
+    torch.testing.assert_close(y.float(), expected.detach(), rtol=0, atol=2e-2)
 
 
 def test_without_a_process_group_it_is_plain_batch_norm(one_process):

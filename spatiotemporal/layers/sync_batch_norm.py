@@ -12,9 +12,10 @@ backward pass sums the statistics' gradients over the workers, so each worker's 
 of the loss summed over all of them, as with one batch on one machine.
 
 Its price is latency: four all-reduces per layer and step. On this 2-core machine a gloo
-all-reduce takes about a millisecond, and the tiny Point Transformer's step went from about 0.4 s
-to 1.0 s, so the CPU configs leave it off and fit two scenes into one worker's batch instead.
-It is meant for GPU clusters on NCCL (not measured here: no GPU was lent).
+all-reduce takes about a millisecond, and the tiny Point Transformer's step (one room per
+worker) went from about 0.4 s to 1.0 s, so the CPU configs leave it off and fit two scenes into
+one worker's batch instead. It is meant for GPU clusters on NCCL (not measured here: no GPU was
+lent).
 """
 
 from __future__ import annotations
@@ -53,8 +54,11 @@ def synchronized_batch_norm(x: Tensor, bn: nn.modules.batchnorm._BatchNorm) -> T
     """Training-mode batch norm of `x` (M, C) with mean and variance over every worker's rows.
 
     Two reductions (the mean, then the centred squares) rather than one of sums and squared
-    sums, which cancel catastrophically when a channel's mean is large against its spread.
+    sums, which cancel catastrophically when a channel's mean is large against its spread. The
+    statistics are summed in float32 at least, as batch norm does under bf16 autocast.
     """
+    out_dtype = x.dtype
+    x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
     channels = x.shape[1]
     local = torch.cat([x.sum(0), x.new_full((1,), float(len(x)))])
     total = _sum_over_workers(local)
@@ -70,7 +74,8 @@ def synchronized_batch_norm(x: Tensor, bn: nn.modules.batchnorm._BatchNorm) -> T
             bn.running_mean.lerp_(mean.detach().to(bn.running_mean.dtype), momentum)
             bn.running_var.lerp_(unbiased.detach().to(bn.running_var.dtype), momentum)
     y = centred * torch.rsqrt(var + bn.eps)
-    return y * bn.weight + bn.bias if bn.affine else y
+    y = y * bn.weight + bn.bias if bn.affine else y
+    return y.to(out_dtype)
 
 
 def synchronize_batch_norms(model: nn.Module) -> int:
