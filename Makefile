@@ -37,12 +37,12 @@ demo: setup
 	$(VENV)/bin/spatiotemporal demo --out demo_out
 
 # The learning proofs train models to a quality bar for minutes each, so they form their own tier:
-# `make test` stays a fast suite, and CI (.ci/run) runs both.
+# `make test` stays a fast suite, and CI (.ci/run) runs both. -rP prints what each proof measured.
 test: setup
 	$(PY) -m pytest -q -m "not learning"
 
 test-learning: setup
-	$(PY) -m pytest -q -m learning
+	$(PY) -m pytest -q -rP -m learning
 
 bench: setup
 	$(PY) -m benchmarks.run --out BENCHMARKS.md
