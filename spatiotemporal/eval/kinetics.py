@@ -161,9 +161,11 @@ class KineticsEvaluator:
         """Merge every DDP rank's state into every rank (no-op outside torch.distributed)."""
         import torch.distributed as dist
 
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        from spatiotemporal.distributed import world_size
+
+        if world_size() == 1:
             return
-        states: list[dict | None] = [None] * dist.get_world_size()
+        states: list[dict | None] = [None] * world_size()
         dist.all_gather_object(states, self.state())
         for state in states:
             self.merge(state)

@@ -122,7 +122,9 @@ class ScanNetEvaluator:
         import torch
         import torch.distributed as dist
 
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        from spatiotemporal.distributed import world_size
+
+        if world_size() == 1:
             return
         counts = torch.as_tensor(np.append(self.confusion.reshape(-1), self.num_scenes))
         dist.all_reduce(counts)

@@ -24,8 +24,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from spatiotemporal.distributed import world_size
 from spatiotemporal.layers.point_ops import grid_cluster
-from spatiotemporal.layers.sync_batch_norm import distributed_world_size, synchronized_batch_norm
+from spatiotemporal.layers.sync_batch_norm import synchronized_batch_norm
 
 
 class PointBatchNorm(nn.BatchNorm1d):
@@ -42,7 +43,7 @@ class PointBatchNorm(nn.BatchNorm1d):
         return self._normalize(x)
 
     def _normalize(self, x: Tensor) -> Tensor:
-        if self.synchronize and self.training and distributed_world_size() > 1:
+        if self.synchronize and self.training and world_size() > 1:
             return synchronized_batch_norm(x, self)
         return super().forward(x)
 

@@ -25,10 +25,6 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 
-def distributed_world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
 class _SumOverWorkers(torch.autograd.Function):
     """All-reduce (sum) whose backward all-reduces the gradient: every worker's output feeds
     every worker's loss, so each input's gradient is the sum of all workers' output gradients."""

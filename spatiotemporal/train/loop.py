@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from spatiotemporal.distributed import world_size
 from spatiotemporal.layers.sync_batch_norm import synchronize_batch_norms
 from spatiotemporal.train import checkpoint as ckpt
 from spatiotemporal.train.ema import ModelEma
@@ -62,7 +63,7 @@ def _seed_all(seed: int) -> None:
 
 def _all_reduce_sum(values: list[float]) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64)
-    if dist.is_available() and dist.is_initialized():
+    if world_size() > 1:
         dist.all_reduce(tensor)
     return tensor.tolist()
 
