@@ -53,7 +53,40 @@ def test_scannet_configs_have_the_published_sizes():
     pt = count_parameters(create_model("point_transformer"))
     assert abs(pt / 1e6 - get_spec("point_transformer").published_params_m) < 0.05  # 7.77M vs 7.8M
     st = count_parameters(create_model("stratified_transformer"))
-    assert round(st / 1e6, 1) == 18.8  # the 5-stage ScanNet config; 8.0M is the 4-stage S3DIS one
+    assert round(st / 1e6, 1) == 18.8  # the 5-stage ScanNet config; no count is published for it
+
+
+def test_stratified_s3dis_config_has_the_papers_8_0m_parameters():
+    spec = get_spec("stratified_transformer_s3dis")
+    st = count_parameters(create_model("stratified_transformer_s3dis"))
+    assert spec.published_params_m == 8.0
+    assert abs(st / 1e6 - 8.0) / 8.0 < 0.005  # 8.023M
+
+
+def test_stratified_stem_transformer_attends_at_full_resolution_before_the_first_transition_down():
+    """The reference's `stem_transformer`: one KPConv block, then depths[0] attention blocks on every
+    input point. Without it (the ScanNet config) the stem is KPConv + residual KPConv block and the
+    full-resolution level has no attention, whatever depths[0] says."""
+    kwargs = dict(channels=(16, 32, 64, 128), num_heads=(1, 2, 4, 8), depths=(2, 2, 2, 2), grid_size=0.04,
+                  window_size=(0.2, 0.4, 0.8, 1.6), quant_size=(0.02, 0.04, 0.08, 0.16))
+    with_stage = create_model("stratified_transformer", stem_transformer=True, **kwargs)
+    kpconv_only = create_model("stratified_transformer", stem_transformer=False, **kwargs)
+    assert (len(with_stage.stem), len(with_stage.stages[0].blocks)) == (1, 2)
+    assert (len(kpconv_only.stem), len(kpconv_only.stages[0].blocks)) == (2, 0)
+    assert [len(s.blocks) for s in with_stage.stages[1:]] == [len(s.blocks) for s in kpconv_only.stages[1:]] == [2, 2, 2]
+    coord, color, normal = room()
+    with torch.no_grad():
+        out = with_stage.eval()(coord, torch.cat([coord, color], 1), torch.tensor([len(coord)]))
+    assert out.shape == (len(coord), 20) and torch.isfinite(out).all()
+
+
+def test_stratified_drop_path_rates_span_every_depth_as_the_reference():
+    """The reference spreads rates over sum(depths), the unused first depth included: the ScanNet
+    config's first attention block drops with 0.3 * 3/20 and its last with 0.3."""
+    model = create_model("stratified_transformer")
+    rates = [block.drop_path.p for stage in model.stages for block in stage.blocks]
+    assert len(rates) == 18
+    assert rates[0] == pytest.approx(0.3 * 3 / 20) and rates[-1] == pytest.approx(0.3)
 
 
 @pytest.mark.parametrize("name", TINY)

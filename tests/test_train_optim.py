@@ -82,6 +82,17 @@ def test_layer_wise_decay_scales_lr_by_depth():
     assert scale["head.weight"] == 1.0 and scale["norm.weight"] == 1.0
 
 
+def test_lr_scales_multiply_the_lr_of_parameters_under_a_named_component():
+    """The Stratified Transformer's recipe: everything under `blocks` at 0.1x the base lr."""
+    model = create_model("stratified_transformer_tiny")
+    groups = param_groups(model, weight_decay=0.05, lr_scales={"blocks": 0.1})
+    scale = {n: g["lr_scale"] for g in groups for n in g["names"]}
+    assert scale["stages.1.blocks.0.attn.qkv.weight"] == 0.1 and scale["stages.3.blocks.1.norm2.bias"] == 0.1
+    assert scale["stem.0.conv.weight"] == 1.0 and scale["downs.0.linear.weight"] == 1.0 and scale["classifier.3.weight"] == 1.0
+    # The scale splits groups without merging decay and no-decay parameters.
+    assert all(len({scale[n] for n in g["names"]}) == 1 for g in groups)
+
+
 def test_cosine_schedule_warms_up_linearly_then_decays_to_min():
     assert cosine_with_warmup(0, 100, 10, 1.0, 0.0) == pytest.approx(0.1)
     assert cosine_with_warmup(9, 100, 10, 1.0, 0.0) == pytest.approx(1.0)

@@ -246,14 +246,17 @@ class StratifiedWindowAttention(nn.Module):
                 bias = bias + self._table_term(k, self.table_k, idx, "key")
             bias = bias.masked_fill(~k_mask[:, None, None], float("-inf"))
             qh, kh, vh = (rearrange(t, "g t h d -> g h t d") for t in (q, k, v))
-            o = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=bias)  # (G, H, Q, D)
-            if self.table_v is not None:
+            if self.table_v is None:
+                o = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=bias)  # (G, H, Q, D)
+            else:
+                # cRPE on values needs the attention probabilities themselves, which SDPA does not
+                # return: one explicit softmax serves both terms instead of computing it twice.
                 prob = (self.scale * qh @ kh.transpose(-1, -2) + bias).softmax(-1)  # (G, H, Q, K)
                 # sum_j a_ij table_v[idx_ij]: histogram the probabilities per bin, then mix bins.
                 hist = prob.new_zeros(*prob.shape[:3], 3, self.bins)
                 src = rearrange(prob, "g h q k -> g h q 1 k").expand(-1, -1, -1, 3, -1)
                 hist.scatter_add_(-1, rearrange(idx, "g q k a -> g 1 q a k").expand_as(src), src)
-                o = o + torch.einsum("ghqal,lhda->ghqd", hist, self.table_v)
+                o = prob @ vh + torch.einsum("ghqal,lhda->ghqd", hist, self.table_v)
             o = rearrange(o, "g h q d -> g q h d")
             out[queries[q_mask]] = o[q_mask]
         return self.proj(rearrange(out, "n h d -> n (h d)"))

@@ -38,6 +38,7 @@ DEFAULTS: dict[str, Any] = {
         "momentum": 0.9,
         "betas": [0.9, 0.999],
         "layer_decay": None,  # e.g. 0.75 for ViT-style fine-tuning
+        "lr_scales": {},  # name component -> lr multiplier, e.g. {blocks: 0.1}
     },
     "schedule": {"epochs": 10, "warmup_epochs": 1.0, "min_lr": 1e-6},
     "train": {
@@ -98,7 +99,7 @@ def apply_overrides(config: dict, overrides: list[str]) -> dict:
             if not isinstance(node.get(key), dict):
                 raise KeyError(f"override {text!r}: {key!r} is not a section")
             node = node[key]
-        free_form = keys[-2:-1] in (["kwargs"], ["resources_per_worker"])
+        free_form = keys[-2:-1] in (["kwargs"], ["resources_per_worker"], ["lr_scales"])
         if keys[-1] not in node and not free_form:
             raise KeyError(f"override {text!r}: unknown key {keys[-1]!r}")
         node[keys[-1]] = value

@@ -35,23 +35,31 @@ def _count_blocks(model: nn.Module) -> int:
     return max(indices) + 1 if indices else 0
 
 
-def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | None = None) -> list[dict]:
-    """Groups by (decay or not, layer). 1-D tensors (norms, biases) and tokens/position tables get no decay.
+def param_groups(
+    model: nn.Module, weight_decay: float, layer_decay: float | None = None, lr_scales: dict[str, float] | None = None
+) -> list[dict]:
+    """Groups by (decay or not, layer, lr scale). 1-D tensors (norms, biases) and tokens/position
+    tables get no decay.
 
     A model may define `layer_id(name) -> int` and `num_layers` to override the ViT-style guess.
-    Each group carries `lr_scale`, which the schedule multiplies in.
+    `lr_scales` maps a component of a parameter's dotted name to an lr multiplier (the Stratified
+    Transformer's recipe trains everything under `blocks` at 0.1x). Each group carries `lr_scale`,
+    which the schedule multiplies in.
     """
     num_blocks = getattr(model, "num_layers", None) or _count_blocks(model)
     layer_of = getattr(model, "layer_id", None) or (lambda name: default_layer_id(name, num_blocks))
-    groups: dict[tuple[bool, int], dict] = {}
+    groups: dict[tuple[bool, int, float], dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         no_decay = param.ndim <= 1 or name.endswith(".bias") or not _NO_DECAY_TABLES.isdisjoint(name.split("."))
         layer = layer_of(name) if layer_decay is not None else 0
         scale = layer_decay ** (num_blocks + 1 - layer) if layer_decay is not None else 1.0
+        for part, factor in (lr_scales or {}).items():
+            if part in name.split("."):
+                scale *= factor
         group = groups.setdefault(
-            (no_decay, layer),
+            (no_decay, layer, scale),
             {"params": [], "names": [], "weight_decay": 0.0 if no_decay else weight_decay, "lr_scale": scale},
         )
         group["params"].append(param)
@@ -60,7 +68,7 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | Non
 
 
 def build_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg["weight_decay"], cfg.get("layer_decay"))
+    groups = param_groups(model, cfg["weight_decay"], cfg.get("layer_decay"), cfg.get("lr_scales"))
     for group in groups:
         group.pop("names")
     name = cfg["name"].lower()
