@@ -233,6 +233,68 @@ def test_stratified_keys_are_the_window_plus_sampled_points_of_the_double_window
     assert len(plan.chunks) > 1  # the element budget split the work
 
 
+def test_kpconv_sums_each_neighbours_features_through_the_kernel_points_it_is_near():
+    from spatiotemporal.models.stratified_transformer import KPConv
+
+    torch.manual_seed(8)
+    conv = KPConv(4, 5, sigma=0.05)
+    coord = torch.rand(60, 3) * 0.3
+    x = torch.randn(60, 4)
+    neighbours, dist = knn_query(8, coord, torch.tensor([60]))
+    valid = (dist <= 0.1).float()
+    expected = torch.zeros(60, 5)
+    for n in range(60):
+        for m in range(8):
+            if valid[n, m]:
+                y = coord[neighbours[n, m]] - coord[n]
+                for k, point in enumerate(conv.kernel):
+                    h = max(0.0, 1 - float((y - point).norm()) / 0.05)
+                    expected[n] += h * x[neighbours[n, m]] @ conv.weight[k]
+    with torch.no_grad():
+        got = conv(x, neighbours, conv.influence(coord, neighbours, valid))
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_stratified_plan_chunks_pad_at_most_the_slack_over_their_planned_pairs():
+    # Windows of very uneven occupancy: one dense corner, a sparse remainder.
+    torch.manual_seed(6)
+    coord = torch.cat([torch.rand(600, 3) * 0.15, torch.rand(400, 3) * torch.tensor([2.0, 2.0, 0.4])])
+    offset = torch.tensor([1000])
+    w, slack, floor = 0.2, 2.0, 256
+    sampled = farthest_point_sampling(coord, offset, torch.tensor([250]))
+    plan = plan_windows(coord, offset, w, sampled, shift=False, padding_slack=slack, min_elements=floor)
+    lo = coord.min(0).values
+    small = torch.floor((coord - lo) / w).long()
+    large = torch.floor((coord - lo) / (2 * w)).long()
+    is_sampled = torch.zeros(len(coord), dtype=torch.bool)
+    is_sampled[sampled] = True
+    for queries, q_mask, keys, _ in plan.chunks:
+        # A group's planned keys: its window's points and every sampled point of its double window.
+        first = queries[:, 0]
+        planned_keys = torch.stack([
+            (small == small[i]).all(1).sum() + ((large == large[i]).all(1) & is_sampled).sum() for i in first
+        ])
+        planned = int((q_mask.sum(1) * planned_keys).sum())
+        padded = queries.numel() * keys.shape[1]
+        assert len(queries) == 1 or padded <= max(floor, slack * planned), (padded, planned)
+    one_chunk = plan_windows(coord, offset, w, sampled, False, max_elements=1 << 30, padding_slack=float("inf"))
+    assert len(one_chunk.chunks) == 1 < len(plan.chunks)
+
+
+def test_stratified_attention_is_the_same_however_the_plan_is_chunked():
+    torch.manual_seed(7)
+    attn = StratifiedWindowAttention(12, num_heads=3, window_size=0.2, quant_size=0.02).eval()
+    coord = torch.cat([torch.rand(300, 3) * 0.15, torch.rand(200, 3) * torch.tensor([1.0, 1.0, 0.3])])
+    x = torch.randn(500, 12)
+    offset = torch.tensor([500])
+    sampled = farthest_point_sampling(coord, offset, torch.tensor([125]))
+    tight = plan_windows(coord, offset, 0.2, sampled, shift=True, padding_slack=1.2, min_elements=64)
+    whole = plan_windows(coord, offset, 0.2, sampled, shift=True, padding_slack=float("inf"))
+    assert len(whole.chunks) == 1 < len(tight.chunks)
+    with torch.no_grad():
+        torch.testing.assert_close(attn(coord, x, tight), attn(coord, x, whole), atol=1e-6, rtol=1e-5)
+
+
 def test_stratified_attention_with_crpe_matches_the_per_query_formula():
     torch.manual_seed(5)
     attn = StratifiedWindowAttention(12, num_heads=3, window_size=0.2, quant_size=0.02).eval()

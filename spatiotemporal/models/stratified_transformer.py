@@ -95,10 +95,20 @@ class KPConv(nn.Module):
         self.weight = nn.Parameter(torch.empty(len(self.kernel), in_dim, out_dim))
         nn.init.kaiming_uniform_(self.weight.view(-1, out_dim).T, a=math.sqrt(5))
 
-    def forward(self, coord: Tensor, x: Tensor, neighbours: Tensor, valid: Tensor) -> Tensor:
+    def influence(self, coord: Tensor, neighbours: Tensor, valid: Tensor) -> Tensor:
+        """(N, M, K): max(0, 1 - |y_m - x_n - k| / sigma) per neighbour and kernel point, zero for
+        invalid neighbours. Geometry only (the kernel points are rigid), so the convolutions of
+        one point set at one scale can share it."""
         rel = coord[neighbours] - coord[:, None]  # (N, M, 3)
-        dist = torch.cdist(rel, self.kernel[None].expand(len(rel), -1, -1))  # (N, M, K)
-        influence = (1 - dist / self.sigma).clamp_min(0) * valid[..., None]
+        # |r - k|^2 = |r|^2 + |k|^2 - 2 r.k: one matmul instead of a batched cdist, kept in fp32
+        # under autocast, where bf16 would cancel the terms' leading digits.
+        with torch.autocast(coord.device.type, enabled=False):
+            rel = rel.float()
+            sq = rel.square().sum(-1, keepdim=True) + self.kernel.square().sum(-1) - 2 * rel @ self.kernel.T
+            influence = (1 - sq.clamp_min(0).sqrt() / self.sigma).clamp_min(0)
+        return influence * valid[..., None]
+
+    def forward(self, x: Tensor, neighbours: Tensor, influence: Tensor) -> Tensor:
         gathered = torch.einsum("nmk,nmc->nkc", influence, x[neighbours])
         return torch.einsum("nkc,kco->no", gathered, self.weight)
 
@@ -110,8 +120,8 @@ class KPConvSimpleBlock(nn.Module):
         self.norm = PointBatchNorm(out_dim, momentum=0.02)
         self.act = nn.LeakyReLU(0.2)
 
-    def forward(self, coord, x, neighbours, valid):
-        return self.act(self.norm(self.conv(coord, x, neighbours, valid)))
+    def forward(self, x: Tensor, neighbours: Tensor, influence: Tensor) -> Tensor:
+        return self.act(self.norm(self.conv(x, neighbours, influence)))
 
 
 class KPConvResBlock(nn.Module):
@@ -126,8 +136,8 @@ class KPConvResBlock(nn.Module):
             else nn.Sequential(nn.Linear(in_dim, out_dim, bias=False), PointBatchNorm(out_dim, momentum=0.02))
         )
 
-    def forward(self, coord, x, neighbours, valid):
-        y = self.unary2(self.conv(coord, self.unary1(x), neighbours, valid))
+    def forward(self, x: Tensor, neighbours: Tensor, influence: Tensor) -> Tensor:
+        y = self.unary2(self.conv(self.unary1(x), neighbours, influence))
         return y + self.shortcut(x)
 
 
@@ -151,6 +161,24 @@ def _sample_offset(offset: Tensor, fraction: float) -> Tensor:
     return (torch.floor(counts.double() * fraction).long() + 1).clamp_max(counts).cumsum(0)
 
 
+class LevelSamples:
+    """Farthest-point samples of one level's points, each distinct count drawn once: the sparse
+    keys (1 in `downsample_scale`) and the transition down (`ratio`) are the same set whenever
+    the two fractions agree, as in the ScanNet configs, and FPS is deterministic."""
+
+    def __init__(self, coord: Tensor, offset: Tensor):
+        self.coord, self.offset = coord, offset
+        self._drawn: dict[tuple[int, ...], Tensor] = {}
+
+    def __call__(self, fraction: float) -> tuple[Tensor, Tensor]:
+        """(indices of the samples, their per-cloud offsets)."""
+        new_offset = _sample_offset(self.offset, fraction)
+        key = tuple(new_offset.tolist())
+        if key not in self._drawn:
+            self._drawn[key] = farthest_point_sampling(self.coord, self.offset, new_offset)
+        return self._drawn[key], new_offset
+
+
 class TransitionDown(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, ratio: float, k: int):
         super().__init__()
@@ -158,9 +186,9 @@ class TransitionDown(nn.Module):
         self.norm = nn.LayerNorm(in_dim)
         self.linear = nn.Linear(in_dim, out_dim, bias=False)
 
-    def forward(self, coord: Tensor, x: Tensor, offset: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        new_offset = _sample_offset(offset, self.ratio)
-        new_coord = coord[farthest_point_sampling(coord, offset, new_offset)]
+    def forward(self, coord: Tensor, x: Tensor, offset: Tensor, samples: LevelSamples) -> tuple[Tensor, Tensor, Tensor]:
+        picks, new_offset = samples(self.ratio)
+        new_coord = coord[picks]
         index, _ = knn_query(self.k, coord, offset, new_coord, new_offset)
         return new_coord, self.linear(self.norm(x[index])).max(dim=1).values, new_offset
 
@@ -193,13 +221,15 @@ class StratifiedStage(nn.Module):
             for dp in drop_paths
         )
 
-    def forward(self, coord: Tensor, x: Tensor, offset: Tensor) -> Tensor:
+    def forward(self, coord: Tensor, x: Tensor, offset: Tensor, samples: LevelSamples) -> Tensor:
         if not self.blocks:
             return x
-        sampled = farthest_point_sampling(coord, offset, _sample_offset(offset, 1 / self.downsample_scale))
+        sampled, _ = samples(1 / self.downsample_scale)
         # Bound each padded attention chunk to ~2**24 elements across heads and the 3 cRPE axes.
         budget = max(1 << 12, (1 << 24) // (3 * self.num_heads))
-        plans = [plan_windows(coord, offset, self.window_size, sampled, shift, budget) for shift in (False, True)]
+        # Blocks alternate plain and shifted windows; a single block needs only the plain plan.
+        shifts = (False, True)[: len(self.blocks)]
+        plans = [plan_windows(coord, offset, self.window_size, sampled, shift, budget) for shift in shifts]
         for j, block in enumerate(self.blocks):
             x = run_block(block, coord, x, plans[j % 2], checkpointed=self.grad_checkpointing)
         return x
@@ -250,14 +280,17 @@ class StratifiedTransformerSeg(nn.Module):
         offset = offset.long()
         index, dist = knn_query(c.kp_max_neighbours, coord, offset)
         valid = (dist <= c.kp_radius_cells * c.grid_size).to(feat.dtype)
+        # Every stem convolution has the same kernel points and sigma: one influence serves all.
+        influence = self.stem[0].conv.influence(coord, index, valid)
         x = feat
         for block in self.stem:
-            x = block(coord, x, index, valid)
+            x = block(x, index, influence)
         levels = []
         for i, stage in enumerate(self.stages):
             if i > 0:
-                coord, x, offset = self.downs[i - 1](coord, x, offset)
-            x = stage(coord, x, offset)
+                coord, x, offset = self.downs[i - 1](coord, x, offset, samples)
+            samples = LevelSamples(coord, offset)
+            x = stage(coord, x, offset, samples)
             levels.append((coord, x, offset))
         x = levels[-1][1]
         for up, i in zip(self.ups, range(len(levels) - 2, -1, -1)):
