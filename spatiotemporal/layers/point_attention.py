@@ -127,10 +127,11 @@ def plan_windows(
     `sampled` points (indices) inside the window of edge 2 * window_size around it that are not
     already dense keys. Shifted plans move both grids by half their edge, as in Swin.
 
-    A chunk pads every group to its widest query and key counts. Its padded size stays under
-    `max_elements` (memory) and, once past `min_elements`, under `padding_slack` times its real
-    query-key pairs: group sizes vary several-fold, and one chunk padded to the largest group
-    computed about 7x the real pairs on 5 cm rooms, while each extra chunk costs only a few
+    A chunk pads every group to its widest query, dense-key and sparse-key counts. Its padded
+    size stays under `max_elements` (memory) and, once past `min_elements`, under `padding_slack`
+    times its planned query-key pairs (a sampled point inside the query's own window is planned as
+    a sparse key, then masked): group sizes vary several-fold, and one chunk padded to the largest
+    group computed about 7x the real pairs on 5 cm rooms, while each extra chunk costs only a few
     dozen small ops.
     """
     n = len(coord)
