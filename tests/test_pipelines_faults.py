@@ -74,13 +74,18 @@ def run_job(videos: Path, out: Path, **kw):
     return video_inference.run(videos, out, model=MODEL, views="1x1", batch_size=2, shard_rows=4, progress=False, **kw)
 
 
-def wait_for_first_shard(out: Path, timeout_s: float = 300) -> bool:
+def wait_until(condition, timeout_s: float, interval_s: float = 0.1) -> bool:
+    """Polls `condition` until it holds (True) or `timeout_s` passes (False)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if list((out / "results").glob("*.parquet")):
+        if condition():
             return True
-        time.sleep(0.1)
-    return False
+        time.sleep(interval_s)
+    return bool(condition())
+
+
+def wait_for_first_shard(out: Path, timeout_s: float = 300) -> bool:
+    return wait_until(lambda: bool(list((out / "results").glob("*.parquet"))), timeout_s)
 
 
 @pytest.mark.slow
@@ -156,7 +161,4 @@ def test_losing_a_node_mid_job_still_completes_every_input(cluster, videos, tmp_
     assert_exactly_once(tmp_path, 24)
     assert (summary.ok, summary.failed) == (23, 1)
     # The job can finish before the GCS's health checks have declared the killed node dead.
-    deadline = time.monotonic() + 60
-    while sum(1 for n in ray.nodes() if n["Alive"]) != 1 and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert sum(1 for n in ray.nodes() if n["Alive"]) == 1
+    assert wait_until(lambda: sum(1 for n in ray.nodes() if n["Alive"]) == 1, timeout_s=60, interval_s=0.5)
