@@ -29,6 +29,16 @@ def points_dir(shared_data: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_kinetics(tmp_path_factory) -> Path:
+    """Synthetic Kinetics small enough for a training run of a few seconds: 2 classes, 32 px."""
+    from spatiotemporal.data.synthetic_kinetics import SyntheticKineticsConfig, generate_synthetic_kinetics
+
+    root = tmp_path_factory.mktemp("synthetic_kinetics")
+    generate_synthetic_kinetics(root, SyntheticKineticsConfig(classes=2, videos_per_class=8, frames=8, size=32), progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
 def pytorchvideo_functional():
     """pytorchvideo's tensor transforms, the reference for SlowFast-style geometry.
 

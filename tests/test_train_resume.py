@@ -13,6 +13,7 @@ from spatiotemporal.convert import read_state_dict
 from spatiotemporal.train.config import load_config
 from spatiotemporal.train.logs import read_metrics
 from spatiotemporal.train.loop import fit
+from spatiotemporal.train.ray_env import train_runtime_env
 
 # Resumed and uninterrupted runs take the same steps on the same samples with the same RNG
 # streams; only float summation order could differ, so the tolerance is tight.
@@ -20,21 +21,12 @@ TOLERANCE = 1e-6
 
 
 @pytest.fixture(scope="module")
-def tiny_kinetics(tmp_path_factory):
-    from spatiotemporal.data.synthetic_kinetics import SyntheticKineticsConfig, generate_synthetic_kinetics
-
-    root = tmp_path_factory.mktemp("synthetic_kinetics")
-    generate_synthetic_kinetics(root, SyntheticKineticsConfig(classes=2, videos_per_class=8, frames=8, size=32), progress=False)
-    return root
-
-
-@pytest.fixture(scope="module")
 def ray_cluster():
     import ray
 
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    # The cluster `fit` would start itself, shared by the module's runs.
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}})  # fmt: skip
+             runtime_env=train_runtime_env(local_without_dashboard=True))  # fmt: skip
     yield
     ray.shutdown()
 

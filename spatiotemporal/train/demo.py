@@ -8,7 +8,6 @@ minutes on two CPU cores: it shows every stage working, not a converged model.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -73,7 +72,6 @@ def run_points_demo(out_dir: str | Path, quick: bool = True) -> dict:
 def run_demo(out_dir: str | Path, quick: bool = True, points: bool = True) -> dict:
     """Video then points; returns each part's final validation metrics. Re-running continues
     (resumes) the runs already in `out_dir` instead of starting over."""
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     results = {"video": run_video_demo(out_dir, quick)}
     if points:
         results["points"] = run_points_demo(out_dir, quick)

@@ -27,6 +27,7 @@ from spatiotemporal.layers.sync_batch_norm import synchronize_batch_norms
 from spatiotemporal.train import checkpoint as ckpt
 from spatiotemporal.train.ema import ModelEma
 from spatiotemporal.train.optim import CosineWarmupSchedule, build_optimizer
+from spatiotemporal.train.ray_env import DEFAULT_HEALTH_CHECK_INTERVAL_S, HEALTH_CHECK_INTERVAL, train_runtime_env
 from spatiotemporal.train.sampler import ResumableDistributedSampler, SeededSamples
 
 
@@ -244,7 +245,7 @@ def fit(config: dict, resume: bool = False, address: str | None = None) -> dict:
 
     from spatiotemporal.train.logs import read_metrics
 
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    os.environ.setdefault(HEALTH_CHECK_INTERVAL, DEFAULT_HEALTH_CHECK_INTERVAL_S)
     storage = Path(config["output_dir"]).resolve()
     run_dir = storage / config["name"]
     if run_dir.exists() and any(run_dir.iterdir()) and not resume:
@@ -268,13 +269,13 @@ def fit(config: dict, resume: bool = False, address: str | None = None) -> dict:
     address = address or rcfg["address"] or os.environ.get("RAY_ADDRESS")
     started_here = not ray.is_initialized()
     if started_here:
-        env = {"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"]}}
         if address:
-            ray.init(address=address, runtime_env=env)
+            ray.init(address=address, runtime_env=train_runtime_env(local_without_dashboard=False))
         else:
             cpus = max(os.cpu_count() or 1, rcfg["num_workers"] * int(rcfg["resources_per_worker"].get("CPU", 1)))
             # "local" starts a new cluster even when another one runs on this machine.
-            ray.init(address="local", num_cpus=cpus, include_dashboard=False, runtime_env=env)
+            ray.init(address="local", num_cpus=cpus, include_dashboard=False,
+                     runtime_env=train_runtime_env(local_without_dashboard=True))  # fmt: skip
     try:
         trainer = TorchTrainer(
             train_loop_per_worker,

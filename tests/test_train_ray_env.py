@@ -1,0 +1,78 @@
+"""The runtime environment `fit` gives Ray: a local cluster runs without Train V2's cloud-only
+helpers and without the placement-group cleaner's warning a second; a joined cluster keeps Ray's
+defaults; whatever the caller set in the environment wins."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from spatiotemporal.train.config import load_config
+from spatiotemporal.train.loop import fit
+from spatiotemporal.train.ray_env import (
+    HEALTH_CHECK_INTERVAL,
+    PLACEMENT_GROUP_CLEANER_LOGGER,
+    PREEMPTION_WATCHER,
+    silence_placement_group_cleaner,
+    train_runtime_env,
+)
+
+CLEANER_WARNING = "Failed to query Ray Train Controller actor state"
+
+
+@pytest.fixture
+def clean_environment(monkeypatch):
+    monkeypatch.delenv(HEALTH_CHECK_INTERVAL, raising=False)
+    monkeypatch.delenv(PREEMPTION_WATCHER, raising=False)
+    return monkeypatch
+
+
+def test_a_local_cluster_runs_without_the_preemption_watcher_and_with_the_quieting_hook(clean_environment):
+    env = train_runtime_env(local_without_dashboard=True)
+    assert env["env_vars"] == {HEALTH_CHECK_INTERVAL: "0.2", PREEMPTION_WATCHER: "0"}
+    assert env["worker_process_setup_hook"] == "spatiotemporal.train.ray_env.silence_placement_group_cleaner"
+
+
+def test_a_joined_cluster_keeps_rays_defaults_but_the_health_check_interval(clean_environment):
+    assert train_runtime_env(local_without_dashboard=False) == {"env_vars": {HEALTH_CHECK_INTERVAL: "0.2"}}
+
+
+def test_values_the_caller_set_win(clean_environment):
+    clean_environment.setenv(HEALTH_CHECK_INTERVAL, "1.5")
+    clean_environment.setenv(PREEMPTION_WATCHER, "1")
+    env = train_runtime_env(local_without_dashboard=True)
+    assert env["env_vars"] == {HEALTH_CHECK_INTERVAL: "1.5", PREEMPTION_WATCHER: "1"}
+
+
+def test_the_hook_silences_the_logger_that_rays_cleaner_warns_through():
+    from ray.train.v2._internal.execution.controller import placement_group_cleaner
+
+    logger = logging.getLogger(PLACEMENT_GROUP_CLEANER_LOGGER)
+    before = logger.level
+    try:
+        silence_placement_group_cleaner()
+        assert placement_group_cleaner.logger is logger  # the name still matches Ray's module
+        assert not logger.isEnabledFor(logging.WARNING) and logger.isEnabledFor(logging.ERROR)
+    finally:
+        logger.setLevel(before)
+
+
+def test_a_run_on_a_local_cluster_prints_no_cleaner_warnings(tiny_kinetics, tmp_path, capfd):
+    import ray
+
+    assert not ray.is_initialized()  # so that fit starts its own local cluster
+    config = load_config(
+        data={"model": {"name": "timesformer_tiny"}},
+        overrides=[
+            "name=quiet", f"output_dir={tmp_path}", f"data.root={tiny_kinetics}",
+            "model.kwargs={num_frames: 4, image_size: 32, patch_size: 16, embed_dim: 32, depth: 2, num_heads: 2}",
+            "data.num_frames=4", "data.frame_stride=2", "data.crop_size=32", "data.short_side=32",
+            "data.batch_size=2", "eval.views=1x1", "schedule.epochs=2",
+        ],
+    )  # fmt: skip
+    final = fit(config)
+    out, err = capfd.readouterr()
+    assert "top1" in final
+    assert "RayTrainWorker" in out + err  # the workers' output did reach this process
+    assert CLEANER_WARNING not in out + err
