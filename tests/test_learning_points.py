@@ -11,10 +11,10 @@ asserted: this shared machine runs the same work at up to half speed at some hou
 are measured, not asserted in tests.
 
 Measured on this 2-core machine:
-- Point Transformer: mIoU 0.729 on the 10 held-out rooms, 417-480 CPU s for the whole process tree
-  (one Ray Train worker on one core, plus Ray's daemons and the driver), 363-411 s wall.
-- Stratified Transformer: mIoU 0.709 (the same in every run: `fit` is deterministic here), 507-535
-  CPU s for the whole tree, 448-466 s wall (0.29 s a step; of it the worker's steps ~435 s, the
+- Point Transformer: mIoU 0.729 on the 10 held-out rooms, 403-480 CPU s for the whole process tree
+  (one Ray Train worker on one core, plus Ray's daemons and the driver), 362-411 s wall.
+- Stratified Transformer: mIoU 0.709 (the same in every run: `fit` is deterministic here), 483-535
+  CPU s for the whole tree, 429-466 s wall (0.27-0.29 s a step; of it the worker's steps ~435 s, the
   evaluation ~40 s, Ray's own processes ~50 s); at slower hours 663-735 CPU s (0.33-0.40 s a
   step), over the 10 minutes. Its margin over the bar is thin: 60 epochs reach 0.700, and other
   seeds and loops moved the mIoU by 0.02-0.04.
