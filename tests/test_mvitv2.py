@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchvision.models.video.mvit import MultiscaleAttention
 
-from spatiotemporal.layers.pooling_attention import PoolingAttention, decomposed_rel_pos_bias, resize_rel_pos
+from spatiotemporal.layers.pooling_attention import PoolingAttention, decomposed_rel_pos_channels, resize_rel_pos
 from spatiotemporal.models import count_parameters, create_model, get_spec
 from spatiotemporal.models.mvitv2 import CONFIGS, block_settings
 from spatiotemporal.tokens.conv_embed import ConvPatchEmbed3d
@@ -49,13 +49,14 @@ def test_mvitv2_s_blocks_follow_the_torchvision_table():
     assert settings[14].stride_kv == settings[15].stride_kv == (1, 1, 1)
 
 
-def test_decomposed_rel_pos_bias_is_the_sum_of_three_axis_dot_products():
+def test_decomposed_rel_pos_channels_multiply_to_the_sum_of_three_axis_dot_products():
     torch.manual_seed(0)
     q_thw, k_thw, d = (2, 4, 4), (2, 2, 2), 8
     q = torch.randn(1, 2, 32, d)
     tables = [torch.randn(2 * max(a, b) - 1, d) for a, b in zip(q_thw, k_thw)]
-    bias = decomposed_rel_pos_bias(q, q_thw, k_thw, *tables)
-    assert bias.shape == (1, 2, 32, 8)
+    q_rel, k_rel = decomposed_rel_pos_channels(q, q_thw, k_thw, *tables)
+    assert q_rel.shape == (1, 2, 32, 2 + 2 + 2) and k_rel.shape == (8, 6)
+    bias = q_rel @ k_rel.T
     # Explicitly: keys on the coarser grid are scaled to the query grid before taking distances.
     expected = torch.zeros_like(bias)
     qi = [(t, h, w) for t in range(2) for h in range(4) for w in range(4)]
@@ -74,11 +75,12 @@ def test_the_class_token_neither_gives_nor_gets_relative_positions():
     torch.manual_seed(0)
     q = torch.randn(2, 1, 1 + 8, 4)
     tables = [torch.randn(3, 4), torch.randn(3, 4), torch.randn(3, 4)]
-    with torch.no_grad():
-        mask = decomposed_rel_pos_bias(q, (2, 2, 2), (2, 2, 2), *tables, has_cls=True)
-    assert mask.shape == (2, 1, 9, 9)
-    assert torch.all(mask[:, :, 0] == 0) and torch.all(mask[:, :, :, 0] == 0)
-    torch.testing.assert_close(mask[:, :, 1:, 1:], decomposed_rel_pos_bias(q[:, :, 1:], (2, 2, 2), (2, 2, 2), *tables))
+    q_rel, k_rel = decomposed_rel_pos_channels(q, (2, 2, 2), (2, 2, 2), *tables, has_cls=True)
+    assert q_rel.shape == (2, 1, 9, 6) and k_rel.shape == (9, 6)
+    assert torch.all(q_rel[:, :, 0] == 0) and torch.all(k_rel[0] == 0)
+    grid_q_rel, grid_k_rel = decomposed_rel_pos_channels(q[:, :, 1:], (2, 2, 2), (2, 2, 2), *tables)
+    torch.testing.assert_close(q_rel[:, :, 1:], grid_q_rel)
+    torch.testing.assert_close(k_rel[1:], grid_k_rel)
 
 
 def test_rel_pos_tables_are_linearly_resampled_for_other_grids():

@@ -4,8 +4,8 @@ Queries, keys and values are pooled on their (T, H, W) grid by a depthwise Conv3
 kernel and stride per block; pooling queries is how a stage shrinks its resolution, pooling keys and
 values is how attention stays affordable at high resolution. The decomposed relative positions of
 MViTv2 (a term per axis, t, h and w, each a dot product of the query with a learned table) and the
-class token's exemption from them are expressed as one additive `attn_mask`, so SDPA's fused kernel
-still computes softmax(QK^T/sqrt(d) + bias) V.
+class token's exemption from them are expressed as extra query and key channels, so SDPA's fused
+kernel computes softmax(QK^T/sqrt(d) + bias) V without a materialised bias.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def _rel_pos_for_axis(table: torch.Tensor, q_size: int, k_size: int) -> torch.Te
     return table[distance.long()]
 
 
-def decomposed_rel_pos_bias(
+def decomposed_rel_pos_channels(
     q: torch.Tensor,
     q_thw: Size3,
     k_thw: Size3,
@@ -88,36 +88,43 @@ def decomposed_rel_pos_bias(
     rel_pos_h: torch.Tensor,
     rel_pos_w: torch.Tensor,
     has_cls: bool = False,
-) -> torch.Tensor:
-    """The MViTv2 additive attention bias for queries q (B, heads, [1 +] Nq, d), taken unscaled.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """MViTv2's decomposed relative positions for queries q (B, heads, [1 +] Nq, d), taken unscaled,
+    as extra query and key channels: (B, heads, [1 +] Nq, Kt + Kh + Kw) and ([1 +] Nk, Kt + Kh + Kw),
+    whose product q_rel @ k_rel^T is the additive attention bias
 
-    bias[(t,h,w), (t',h',w')] = q . Rt[t,t'] + q . Rh[h,h'] + q . Rw[w,w'], shape (B, heads, Nq, Nk),
-    or (B, heads, 1 + Nq, 1 + Nk) with a zero row and column for the class token when `has_cls`:
-    the class token neither gets nor gives relative positions.
+        bias[(t,h,w), (t',h',w')] = q . Rt[t,t'] + q . Rh[h,h'] + q . Rw[w,w'].
+
+    A query's channels hold its dot products with each key coordinate's table row; a key's channels
+    are one-hot in its t', h' and w'. With the class token (`has_cls`) both get a zero row first: it
+    neither gets nor gives relative positions. Appended to q and k, they let SDPA's fused kernel add
+    the bias itself, instead of reading a (Nq, Nk) mask that has to be built and written first: at
+    16x224 the first block's mask holds 10M entries, and building the masks took a fifth of MViTv2-S's
+    forward.
     """
     qt, qh, qw = q_thw
     kt, kh, kw = k_thw
     grid_q = q[:, :, 1:] if has_cls else q
     r_q = rearrange(grid_q, "b n (t h w) d -> b n t h w d", t=qt, h=qh, w=qw)
-    rt = _rel_pos_for_axis(rel_pos_t, qt, kt).to(q.dtype)
-    rh = _rel_pos_for_axis(rel_pos_h, qh, kh).to(q.dtype)
-    rw = _rel_pos_for_axis(rel_pos_w, qw, kw).to(q.dtype)
-    bias_t = torch.einsum("bnthwd,tkd->bnthwk", r_q, rt)[..., :, None, None]
-    bias_h = torch.einsum("bnthwd,hkd->bnthwk", r_q, rh)[..., None, :, None]
-    bias_w = torch.einsum("bnthwd,wkd->bnthwk", r_q, rw)[..., None, None, :]
-    if not has_cls or torch.is_grad_enabled() or torch.compiler.is_compiling():
-        bias = rearrange(bias_t + bias_h + bias_w, "b n t h w kt kh kw -> b n (t h w) (kt kh kw)")
-        return F.pad(bias, (1, 0, 1, 0)) if has_cls else bias
-    b, heads = q.shape[:2]
-    n_q, n_k = qt * qh * qw, kt * kh * kw
-    # In eager inference, sum straight into the padded mask instead of building the grid bias and
-    # padding it: at 16x224 the first blocks' masks hold ~10M entries, and each pass is felt.
-    mask = q.new_empty(b, heads, 1 + n_q, 1 + n_k)
-    mask[:, :, 0].zero_()
-    mask[:, :, 1:, 0].zero_()
-    grid = mask[:, :, 1:, 1:].unflatten(3, (kt, kh, kw)).unflatten(2, (qt, qh, qw))
-    torch.add(bias_t + bias_h, bias_w, out=grid)
-    return mask
+    rt, rh, rw = (
+        _rel_pos_for_axis(table, q_size, k_size).to(q.dtype)
+        for table, q_size, k_size in ((rel_pos_t, qt, kt), (rel_pos_h, qh, kh), (rel_pos_w, qw, kw))
+    )
+    per_axis = (
+        torch.einsum("bnthwd,tkd->bnthwk", r_q, rt),
+        torch.einsum("bnthwd,hkd->bnthwk", r_q, rh),
+        torch.einsum("bnthwd,wkd->bnthwk", r_q, rw),
+    )
+    q_rel = rearrange(torch.cat(per_axis, dim=-1), "b n t h w k -> b n (t h w) k")
+    coords = torch.cartesian_prod(
+        torch.arange(kt, device=q.device), torch.arange(kh, device=q.device), torch.arange(kw, device=q.device)
+    ).reshape(-1, 3)  # (Nk, 3) in (t h w) order, the keys' order
+    k_rel = torch.cat(
+        [F.one_hot(coords[:, axis], size) for axis, size in enumerate((kt, kh, kw))], dim=-1
+    ).to(q.dtype)
+    if has_cls:
+        q_rel, k_rel = F.pad(q_rel, (0, 0, 1, 0)), F.pad(k_rel, (0, 0, 1, 0))
+    return q_rel, k_rel
 
 
 def _is_identity_pool(kernel: Sequence[int], stride: Sequence[int]) -> bool:
@@ -196,14 +203,20 @@ class PoolingAttention(nn.Module):
         if self.pool_q is not None:
             q, q_thw = self.pool_q(q, thw)
 
-        attn_mask = None
-        if self.rel_pos_t is not None:
-            attn_mask = decomposed_rel_pos_bias(
+        dropout = self.attn_drop if self.training else 0.0
+        if self.rel_pos_t is None:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+        else:
+            q_rel, k_rel = decomposed_rel_pos_channels(
                 q, q_thw, k_thw, self.rel_pos_t, self.rel_pos_h, self.rel_pos_w, self.has_cls
             )
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.attn_drop if self.training else 0.0
-        )
+            # softmax((q * scale) k^T + q_rel k_rel^T) v, the order torchvision computes it in. The
+            # values are zero-padded to the keys' width because the fused CPU kernel needs them equal.
+            extra = q_rel.shape[-1]
+            q_aug = torch.cat((q * self.head_dim**-0.5, q_rel), dim=-1)
+            k_aug = torch.cat((k, k_rel.expand(*k.shape[:2], -1, -1)), dim=-1)
+            out = F.scaled_dot_product_attention(q_aug, k_aug, F.pad(v, (0, extra)), dropout_p=dropout, scale=1.0)
+            out = out[..., : self.head_dim]
         if self.residual_pool:
             if not self.has_cls:
                 out = out + q
