@@ -4,43 +4,13 @@ same process. Clips/s and peak resident memory at batch 1 and 4, fp32 and bf16 a
 from __future__ import annotations
 
 import os
-import threading
 import time
+
+from benchmarks.measure import PeakRss, forward_flops, gemm_rate, roofline_table
 
 TITLE = "Models vs torchvision (MViTv2-S, Swin3D-T)"
 
 FRAMES, SIZE = 16, 224  # torchvision's mvit_v2_s only accepts its 16x224 training size
-
-
-class PeakRss:
-    """Peak resident memory above the starting level, sampled every few milliseconds."""
-
-    def __init__(self, interval: float = 0.005):
-        import psutil
-
-        self.process = psutil.Process()
-        self.interval = interval
-
-    def __enter__(self):
-        self.base = self.peak = self.process.memory_info().rss
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.process.memory_info().rss)
-            time.sleep(self.interval)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.process.memory_info().rss)
-
-    @property
-    def mib(self) -> float:
-        return (self.peak - self.base) / 2**20
 
 
 def _measure(model, clip, bf16: bool, repeats: int):
@@ -83,7 +53,7 @@ def run(args) -> str:
     quick = getattr(args, "quick", False)
     batches = (1,) if quick else (1, 4)
     load_before = os.getloadavg()[0]
-    rows = []
+    rows, roofline = [], []
     try:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover - tqdm is a pinned dependency
@@ -101,13 +71,16 @@ def run(args) -> str:
         progress and progress.update()
         our_s, our_mib, our_logits = _measure(ours, clip, bf16=False, repeats=fp32_repeats)
         progress and progress.update()
+        flops = forward_flops(lambda: ref(clip)) / batch
         # bf16 runs once after warm-up: without native bf16 units it is the slowest configuration.
         # ... and as `VideoClassifier` runs it: matmul weights stored in bf16 once (bit-identical).
         bf_s, bf_mib, bf_logits = _measure(store_autocast_weights(ours, torch.bfloat16), clip, bf16=True, repeats=1)
+
         progress and progress.update()
         error = ((our_logits - ref_logits).norm() / ref_logits.norm()).item()
         same_top1 = (bf_logits.argmax(1) == our_logits.argmax(1)).float().mean().item()
         rows.append((name, batch, ref_s, ref_mib, our_s, our_mib, error, bf_s, bf_mib, same_top1))
+        roofline.append((name, batch, flops, ref_s / batch, our_s / batch, bf_s / batch))
         del ref, ours
     progress and progress.close()
     load_after = os.getloadavg()[0]
@@ -130,6 +103,7 @@ def run(args) -> str:
             f"| {name} | {batch} | {ref_cps:.3f} | {our_cps:.3f} | {our_cps / ref_cps:.2f}x | {bf_cps:.3f} "
             f"| {bf_cps / ref_cps:.2f}x | {same_top1:.0%} | {ref_mib:.0f} / {our_mib:.0f} / {bf_mib:.0f} | {error:.1e} |"
         )
+    lines += ["", *roofline_table(roofline, "torchvision", gemm_rate(torch.float32), gemm_rate(torch.bfloat16))]
     capability = torch.backends.cpu.get_cpu_capability()
     lines += [
         "",

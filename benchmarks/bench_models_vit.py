@@ -11,38 +11,12 @@ from __future__ import annotations
 
 import os
 import statistics
-import threading
 import time
 from contextlib import nullcontext
 
+from benchmarks.measure import PeakRss, forward_flops, gemm_rate, roofline_table
+
 TITLE = "Video transformers (ViT-style): TimeSformer and ViViT vs HF transformers"
-
-
-class PeakRss:
-    """Samples this process's resident set in a thread; `peak` is the growth over the start value."""
-
-    def __init__(self, interval: float = 0.005):
-        import psutil
-
-        self._process = psutil.Process()
-        self._interval = interval
-        self._stop = threading.Event()
-        self.peak = 0
-
-    def __enter__(self):
-        self._start = self._process.memory_info().rss
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._process.memory_info().rss - self._start)
-            time.sleep(self._interval)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
 
 
 def _measure_interleaved(cases, repeats: int):
@@ -128,6 +102,7 @@ def run(args) -> str:
               "top-1 = fp32"]),
         _row(["---"] * 8),
     ]
+    roofline = []
     for kind in ("timesformer", "vivit"):
         reference, ours, frames = _pair(kind)
         # bf16 as `spatiotemporal infer` runs it: Linear/Conv weights stored in bf16 once (autocast
@@ -160,7 +135,11 @@ def run(args) -> str:
                     f"{peak / 2**20:.0f}", f"{ref_seconds / seconds:.2f}x", same,
                 ]))
             lines.append(_row([label, batch, f"ours fp32 vs HF: relative error {parity:.1e}", "", "", "", "", ""]))
+            bf16_seconds = results["ours bf16 autocast"][0] / batch if "ours bf16 autocast" in results else None
+            flops = forward_flops(lambda: reference(pixel_values=hf_clip)) / batch
+            roofline.append((label, batch, flops, ref_seconds / batch, results["ours fp32"][0] / batch, bf16_seconds))
         del reference, ours, ours_bf16
+    lines += ["", *roofline_table(roofline, "HF", gemm_rate(torch.float32), gemm_rate(torch.bfloat16))]
     lines += [
         "",
         "Load average after: " + ", ".join(f"{x:.1f}" for x in os.getloadavg()) + ".",

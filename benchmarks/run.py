@@ -2,6 +2,10 @@
 BENCHMARKS.md. A section module `benchmarks/bench_<name>.py` exposes `TITLE` and
 `run(args) -> str` (markdown). Sections are replaced in place between markers, so one section can
 be re-measured (`--only decode`) without losing the others.
+
+Sections are kept per kind of CPU (model name and matrix units: AMX, AVX512-BF16, or neither), since
+the same code runs at different speeds, and meets different targets, on each: re-measuring on an AMD
+EPYC leaves the Xeon's figures in place.
 """
 
 from __future__ import annotations
@@ -20,15 +24,40 @@ from pathlib import Path
 import benchmarks
 
 
-def machine_line() -> str:
-    cpu = platform.processor() or platform.machine()
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or platform.machine()
+
+
+def matrix_units() -> str:
+    """What this CPU multiplies matrices with: the units that decide bf16's speed, else the widest
+    vector ISA torch dispatches to."""
+    import torch
+
+    if torch.cpu._is_amx_tile_supported():
+        return "AMX"
+    if torch.cpu._is_avx512_bf16_supported():
+        return "AVX512-BF16"
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def machine_kind() -> str:
+    """The kind of machine a section is kept per: 'Intel(R) Xeon(R) Processor, AMX'."""
+    return f"{cpu_name()}, {matrix_units()}"
+
+
+def machine_key(kind: str) -> str:
+    """`kind` as a marker-safe slug: 'intel-xeon-processor-amx'."""
+    return re.sub(r"[^a-z0-9]+", "-", re.sub(r"\([a-z]+\)", "", kind.lower())).strip("-")
+
+
+def machine_line() -> str:
+    cpu = cpu_name()
     import torch
 
     # Timings mean little on a busy machine; the load average says how busy it was.
@@ -49,11 +78,18 @@ def section_names() -> list[str]:
 
 
 def replace_section(document: str, name: str, body: str) -> str:
+    """`document` with section `name` ('models_vit@amd-epyc-avx512-bf16') set to `body`: in place if
+    it is there, else after the same benchmark's section for another machine, else at the end."""
     start, end = f"<!-- section:{name} -->", f"<!-- /section:{name} -->"
     block = f"{start}\n{body.strip()}\n{end}"
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
     if pattern.search(document):
         return pattern.sub(lambda _: block, document)
+    benchmark = name.split("@", 1)[0]
+    siblings = list(re.finditer(rf"<!-- /section:{re.escape(benchmark)}@[^ ]+ -->\n", document))
+    if siblings:
+        at = siblings[-1].end()
+        return document[:at] + "\n" + block + "\n" + document[at:]
     return document.rstrip() + "\n\n" + block + "\n"
 
 
@@ -71,12 +107,13 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(f"benchmarks.bench_{name}")
         print(f"== {name}: {module.TITLE}", flush=True)
         body = module.run(args)
+        kind = machine_kind()
         header = (
-            f"## {module.TITLE}\n\n"
+            f"## {module.TITLE} — {kind}\n\n"
             f"- command: `{command.strip()}`\n- machine: {machine_line()}\n"
             f"- date: {dt.date.today().isoformat()}\n\n"
         )
-        document = replace_section(document, name, header + body)
+        document = replace_section(document, f"{name}@{machine_key(kind)}", header + body)
         out.write_text(document)
         print(body, flush=True)
     return 0
