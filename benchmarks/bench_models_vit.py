@@ -145,8 +145,9 @@ def run(args) -> str:
         "Load average after: " + ", ".join(f"{x:.1f}" for x in os.getloadavg()) + ".",
         "",
         "Issue targets: fp32 >= 1.5x the reference's clips/s; bf16 autocast >= 4x the reference's fp32 "
-        "with fp32's top-1. The bf16 target presumes AVX512-BF16/AMX; on a CPU without them (see the first "
-        "line) bf16 is emulated and slower than fp32, and only batch 1 is measured. Ours bf16 is the inference "
+        "with fp32's top-1. Whether a target can be met on this CPU at all is the roofline's ceiling: bf16 "
+        "matmuls run several times fp32's rate with AMX, about twice with AVX512-BF16 alone, and without either "
+        "(see the first line) bf16 is emulated and slower than fp32, and only batch 1 is measured. Ours bf16 is the inference "
         "path of `spatiotemporal infer`: one autocast region per call, with the Linear/Conv weights stored in "
         "bf16 once (bit-identical to autocast casting them on every call).",
     ]
