@@ -210,12 +210,15 @@ class PoolingAttention(nn.Module):
             q_rel, k_rel = decomposed_rel_pos_channels(
                 q, q_thw, k_thw, self.rel_pos_t, self.rel_pos_h, self.rel_pos_w, self.has_cls
             )
-            # softmax((q * scale) k^T + q_rel k_rel^T) v, the order torchvision computes it in. The
-            # values are zero-padded to the keys' width because the fused CPU kernel needs them equal.
-            extra = q_rel.shape[-1]
-            q_aug = torch.cat((q * self.head_dim**-0.5, q_rel), dim=-1)
-            k_aug = torch.cat((k, k_rel.expand(*k.shape[:2], -1, -1)), dim=-1)
-            out = F.scaled_dot_product_attention(q_aug, k_aug, F.pad(v, (0, extra)), dropout_p=dropout, scale=1.0)
+            # softmax((q * scale) k^T + q_rel k_rel^T) v, the order torchvision computes it in. Zero
+            # channels pad the width to a multiple of 8 and the values to the same width: the fused
+            # kernels (CPU flash, CUDA flash and memory-efficient) take nothing else.
+            width = -(-(self.head_dim + q_rel.shape[-1]) // 8) * 8
+            pad = width - self.head_dim - q_rel.shape[-1]
+            q_aug = torch.cat((q * self.head_dim**-0.5, F.pad(q_rel, (0, pad))), dim=-1)
+            k_aug = torch.cat((k, F.pad(k_rel, (0, pad)).expand(*k.shape[:2], -1, -1)), dim=-1)
+            v_aug = F.pad(v, (0, width - self.head_dim))
+            out = F.scaled_dot_product_attention(q_aug, k_aug, v_aug, dropout_p=dropout, scale=1.0)
             out = out[..., : self.head_dim]
         if self.residual_pool:
             if not self.has_cls:
