@@ -19,6 +19,9 @@ Why the work is split the way it is:
 - decord leaks memory across `get_batch` calls unless the reader is rewound (`seek(0)`) right
   after each, and it can hang on some files, so every decord call runs under a per-file timeout
   in a daemon thread; on timeout or error the reader falls back to PyAV (backend "auto") or raises.
+  A call abandoned on timeout keeps running, so its native decoder is freed only once it returns.
+- Some inputs cannot seek at all (raw elementary streams such as .h264): reading from the start
+  opens the file again instead of seeking to 0, and decord (which always seeks) is refused.
 - PyAV converts only the frames it keeps, through one swscale context per reader, straight into
   the output batch; rgb24 conversion still costs a large share of a read on 4:4:4 streams.
 """
@@ -200,6 +203,26 @@ def _scan_packets(container: av.container.InputContainer, stream, path: str) -> 
     return index, (end if end is not None else (int(order[-1]) if len(order) else 0))
 
 
+def _scan_packets_from_start(path: str) -> tuple[_FrameIndex, int]:
+    # A fresh container rather than seek(0): raw elementary streams (.h264) refuse to seek.
+    container = _open_container(path)
+    try:
+        return _scan_packets(container, _video_stream(container, path), path)
+    finally:
+        container.close()
+
+
+def _seek(container: av.container.InputContainer, path: str, offset: int, **options: Any) -> None:
+    """container.seek, with ffmpeg's refusal as a VideoDecodeError naming the file."""
+    try:
+        container.seek(offset, **options)
+    except av.error.FFmpegError as error:
+        # EPERM is how ffmpeg says the input cannot seek at all (raw elementary streams).
+        cannot = isinstance(error, av.error.PermissionError)
+        reason = "the container does not support seeking" if cannot else "seeking failed"
+        raise VideoDecodeError(path, f"{reason} ({_ffmpeg_reason(error)})")
+
+
 def _count_decodable(path: str) -> int:
     """How many frames decode, in order, before the first error (single-threaded, deterministic)."""
     count = 0
@@ -240,10 +263,9 @@ def _probe(path: str) -> tuple[VideoMetadata, _FrameIndex]:
         average_rate = stream.average_rate
         first = _first_frame(container, stream, path)
         rotation = int(round(-(first.rotation or 0))) % 360
-        container.seek(0)
-        index, end_pts = _scan_packets(container, stream, path)
     finally:
         container.close()
+    index, end_pts = _scan_packets_from_start(path)
     count = len(index.pts)
     if count == 0:
         raise VideoDecodeError(path, "video stream holds no frames", decoded_frames=0)
@@ -443,7 +465,7 @@ def _keyframes_decode_alone(path: str, index: _FrameIndex, options: dict[str, st
         stream = container.streams.video[0]
         stream.thread_type = "NONE"
         stream.codec_context.options = dict(options)
-        container.seek(probe, stream=stream, backward=True, any_frame=False)
+        _seek(container, path, probe, stream=stream, backward=True, any_frame=False)
         try:
             for frame in container.decode(stream):
                 if frame.pts is not None and frame.pts >= probe:
@@ -457,10 +479,15 @@ def _keyframes_decode_alone(path: str, index: _FrameIndex, options: dict[str, st
 class _Seekability:
     plain: bool  # for decoders we cannot pass options to (decord, torchcodec)
     with_options: bool  # for PyAV, which gets `_decoder_options`
+    container: bool = True  # False when the input cannot seek at all (raw elementary streams)
 
 
 def _seekability(path: str, index: _FrameIndex) -> _Seekability:
-    plain = _keyframes_decode_alone(path, index, {})
+    try:
+        plain = _keyframes_decode_alone(path, index, {})
+    except VideoDecodeError:
+        # Nothing to seek to but the start: readers decode forward from the first keyframe.
+        return _Seekability(plain=False, with_options=False, container=False)
     options = _decoder_options(index)
     with_options = plain or (bool(options) and _keyframes_decode_alone(path, index, options))
     return _Seekability(plain, with_options)
@@ -470,21 +497,39 @@ _SEEKABILITY: dict[_FileKey, _Seekability] = {}
 
 
 class _DecordBackend:
+    """decord behind a timeout. A call that runs past it is abandoned but keeps running in its
+    thread, still on the native decoder: so no second call starts while it runs, and closing
+    leaves the freeing to that call, which does it when it returns."""
+
     name = "decord"
     rotates = True
 
-    def __init__(self, path: str, metadata: VideoMetadata, index: _FrameIndex, seekable: bool, timeout_s: float):
+    def __init__(
+        self, path: str, metadata: VideoMetadata, index: _FrameIndex, seekability: _Seekability, timeout_s: float
+    ):
         import decord
 
-        if not seekable:
+        if not seekability.container:
+            raise _BackendUnusable("the container cannot seek (a raw elementary stream?) and decord always seeks")
+        if not seekability.plain:
             raise _BackendUnusable(
                 "its later keyframes do not decode on their own (decord cannot be told the x264 "
                 "build ffmpeg needs) and decord always seeks to them"
             )
         self.timeout_s = timeout_s
+        self._lock = threading.Lock()  # guards the three fields below
+        self._calls_running = 0
+        self._closed = False
         self.reader = _call_with_timeout(
             lambda: decord.VideoReader(path, ctx=decord.cpu(0), num_threads=decoder_threads()), timeout_s
         )
+        try:
+            self._check_usable(path, metadata, index)
+        except BaseException:
+            self.close()
+            raise
+
+    def _check_usable(self, path: str, metadata: VideoMetadata, index: _FrameIndex) -> None:
         if len(self.reader) != metadata.num_frames:
             raise _BackendUnusable(
                 f"decord indexes {len(self.reader)} frames, the container holds {metadata.num_frames}"
@@ -509,7 +554,6 @@ class _DecordBackend:
         return torch.equal(ours, theirs)
 
     def decode(self, indices: np.ndarray, more_follow: bool = False) -> torch.Tensor:
-        reader = self.reader
         # After get_batch, decord's decoder thread keeps decoding ahead while the caller is busy
         # elsewhere, and a later read's seek frees only part of those frames: RSS climbs by
         # hundreds of MB on 720p. Rewinding right after the read stops it (a rewind before the
@@ -517,19 +561,47 @@ class _DecordBackend:
         # its chunks would decode each chunk again from its keyframe, quadratic within a GOP.
         rewind = not more_follow
 
-        def read() -> np.ndarray:
+        def read(reader) -> np.ndarray:
             batch = reader.get_batch(indices.tolist()).asnumpy()
             if rewind:
                 reader.seek(0)
             return batch
 
-        return torch.from_numpy(_call_with_timeout(read, self.timeout_s))
+        return torch.from_numpy(_call_with_timeout(lambda: self._on_reader(read), self.timeout_s))
+
+    def _on_reader(self, call: Callable[[Any], T]) -> T:
+        """`call(reader)` in the calling (timeout) thread, which frees the reader afterwards if
+        the backend was closed while the call ran."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the decord reader is closed")
+            if self._calls_running:
+                # Only an abandoned call can still be running: the caller waits for every other.
+                raise _DecodeTimeout("an earlier decord call on this file timed out and is still running")
+            self._calls_running += 1
+            reader = self.reader
+        try:
+            return call(reader)
+        finally:
+            with self._lock:
+                self._calls_running -= 1
+                orphaned = self._closed and self._calls_running == 0
+            if orphaned:
+                self._free()
 
     def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle = self._calls_running == 0
+        if idle:
+            self._free()
+
+    def _free(self) -> None:
         # Free the native decoder now, not when the object is collected: after a failed read it
         # sits in a reference cycle (exception -> traceback -> frame), and if that cycle is
         # collected inside a forked DataLoader worker, decord's destructor segfaults there.
-        reader, self.reader = self.reader, None
+        with self._lock:
+            reader, self.reader = self.reader, None
         if reader is not None and getattr(reader, "_handle", None) is not None:
             reader.__del__()
             reader._handle = None
@@ -623,14 +695,23 @@ class _PyAVBackend:
         self.path = path
         self.index = index
         self.seek_points = index.seek_points(seekable)
-        self.container = _open_container(path)
-        self.stream = _video_stream(self.container, path)
-        self.stream.thread_type = "AUTO"
-        self.stream.thread_count = decoder_threads()
-        self.stream.codec_context.options = _decoder_options(index)
+        self._open()
         self._to_rgb = _RGBConverter()
         self._decoded = None  # the live frame iterator, positioned after `self._last`
         self._last: int | None = None
+
+    def _open(self) -> None:
+        self.container = _open_container(self.path)
+        self.stream = _video_stream(self.container, self.path)
+        self.stream.thread_type = "AUTO"
+        self.stream.thread_count = decoder_threads()
+        self.stream.codec_context.options = _decoder_options(self.index)
+
+    def _reopen(self) -> None:
+        """Back to the first packet without seeking, which raw elementary streams refuse."""
+        self._decoded, self._last = None, None
+        self.container.close()
+        self._open()
 
     def decode(self, indices: np.ndarray, more_follow: bool = False) -> torch.Tensor:
         frames = self._decode_by_pts(indices) if self.index.has_all_pts else None
@@ -660,7 +741,7 @@ class _PyAVBackend:
             # Decoding on is cheaper than seeking unless the target lies behind us or past a seek point.
             fresh = self._decoded is None or self._last is None or target <= self._last or start > self._last
             if fresh:
-                self.container.seek(start, stream=self.stream, backward=True, any_frame=False)
+                _seek(self.container, self.path, start, stream=self.stream, backward=True, any_frame=False)
                 self._decoded, self._last = self._frames(), None
             for frame in self._decoded:
                 stamp = frame.pts
@@ -689,8 +770,7 @@ class _PyAVBackend:
         return found
 
     def _decode_in_order(self, indices: np.ndarray) -> _FrameBatch:
-        self._decoded, self._last = None, None
-        self.container.seek(0)
+        self._reopen()
         wanted = set(indices.tolist())  # sorted and unique, so frames arrive in slot order
         out = _FrameBatch(len(indices), self._to_rgb)
         last = int(indices[-1])
@@ -758,7 +838,7 @@ class VideoReader:
             except Exception as error:
                 raise VideoDecodeError(self.path, f"torchcodec cannot be used on it: {_short(error)}")
         try:
-            return _DecordBackend(self.path, self.metadata, self._index, self._seekable.plain, self.timeout_s)
+            return _DecordBackend(self.path, self.metadata, self._index, self._seekable, self.timeout_s)
         except VideoDecodeError:
             raise
         except Exception as error:
@@ -810,10 +890,7 @@ class VideoReader:
             raise
         except Exception as error:
             if self.requested_backend != "auto" or self._backend.name != "decord":
-                reason = "timed out" if isinstance(error, _DecodeTimeout) else "decoding failed"
-                raise VideoDecodeError(
-                    self.path, f"{self._backend.name}: {reason} ({_short(error)})", _count_decodable(self.path)
-                )
+                raise self._decode_failure(error)
             self._warn_fallback(error)
             self._backend.close()
             self._backend = self._pyav()
@@ -823,6 +900,13 @@ class VideoReader:
                 self.path, f"{self.backend} returned {frames.shape[0]} of {len(unique)} frames"
             )
         return frames
+
+    def _decode_failure(self, error: Exception) -> VideoDecodeError:
+        name = self._backend.name
+        if isinstance(error, _DecodeTimeout):
+            # How far the file decodes says nothing about a hang, and finding out decodes it all.
+            return VideoDecodeError(self.path, f"{name}: timed out ({_short(error)})")
+        return VideoDecodeError(self.path, f"{name}: decoding failed ({_short(error)})", _count_decodable(self.path))
 
     def read_all(self) -> torch.Tensor:
         """Every frame, decoded and resized chunk by chunk so full-resolution copies stay small."""
