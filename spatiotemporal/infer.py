@@ -12,6 +12,7 @@ Batch jobs (`pipelines/`) reuse the pieces here: `clip_views` runs in CPU decode
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +20,8 @@ import numpy as np
 import torch
 from einops import rearrange
 
-from spatiotemporal.data.sampling import uniform_clips
-from spatiotemporal.data.transforms import center_crop, three_crop
+from spatiotemporal.data.sampling import Anchor, uniform_clips
+from spatiotemporal.data.transforms import center_crop, short_side_scale, three_crop
 from spatiotemporal.io.errors import CheckpointError, InputError
 from spatiotemporal.models.registry import ModelSpec, create_model, get_spec, point_feature_keys
 from spatiotemporal.precision import resolve_precision, store_autocast_weights
@@ -47,6 +48,14 @@ def parse_views(text: str | None, spec: ModelSpec) -> tuple[int, int]:
     return temporal, spatial
 
 
+def check_topk(topk: int) -> int:
+    """`topk` if it asks for at least one label. Front ends call this before building a model so a
+    bad `--topk` is one error line, not an empty answer (0) or a failure per file (< 0)."""
+    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+        raise ValueError(f"--topk must be an integer >= 1, got {topk!r}")
+    return topk
+
+
 @dataclass(frozen=True)
 class ClipRecipe:
     """What to cut from a video: `views` = (temporal clips, spatial crops) of `frames` frames."""
@@ -56,36 +65,42 @@ class ClipRecipe:
     crop: int = 224
     short_side: int | None = None
     views: tuple[int, int] = (1, 1)
+    anchor: Anchor = "mmaction2"
 
     @classmethod
     def from_spec(cls, spec: ModelSpec, views: tuple[int, int]) -> "ClipRecipe":
+        """The spec's own test protocol: the views sit and are resized as the paper evaluated."""
         crop = spec.crop_size or 224
-        return cls(spec.num_frames or 8, spec.frame_stride or 1, crop, spec.protocol.short_side, views)
+        protocol = spec.protocol
+        return cls(spec.num_frames or 8, spec.frame_stride or 1, crop, protocol.short_side, views, protocol.anchor)
 
 
 def clip_views(path: str | os.PathLike, recipe: ClipRecipe, timeout_s: float = 30.0) -> np.ndarray:
     """Decode the frames the recipe needs and cut the views: uint8 (T*S, frames, H, W, C).
 
-    uint8 keeps what crosses process boundaries in a batch job four times smaller than float;
-    `views_to_input` normalizes on the consumer side.
+    The views are resized and cropped by the very functions evaluation's `ClipTransform.test`
+    uses (bilinear without antialiasing, as SlowFast and mmaction2 resize), so a model sees the
+    same pixels from `infer` and the pipelines as from `eval kinetics`. uint8 keeps what crosses
+    process boundaries in a batch job four times smaller than float; `views_to_input` normalizes
+    on the consumer side.
     """
     from spatiotemporal.io.video import VideoReader
 
     temporal, spatial = recipe.views
     crop = recipe.crop
     short_side = recipe.short_side or crop
-    with VideoReader(path, short_side=short_side, timeout_s=timeout_s) as reader:
+    with VideoReader(path, timeout_s=timeout_s) as reader:
         total = len(reader)
         if total < 1:
             raise InputError(path, "the video has no decodable frames")
-        indices = uniform_clips(total, recipe.frames, recipe.stride, temporal)
+        indices = uniform_clips(total, recipe.frames, recipe.stride, temporal, anchor=recipe.anchor)
         frames = reader.get_frames(indices.reshape(-1).tolist())
-    frames = rearrange(frames, "(v t) h w c -> v t c h w", v=temporal)
-    if spatial == 1:
-        out = [center_crop(clip, crop) for clip in frames]
-    else:
-        out = [view for clip in frames for view in three_crop(clip, crop)]
-    return rearrange(torch.stack(out), "v t c h w -> v t h w c").contiguous().numpy()
+    out = []
+    # One temporal view at a time: only one view's frames are ever resized at full resolution.
+    for clip in rearrange(frames, "(v t) h w c -> v c t h w", v=temporal):
+        clip = short_side_scale(clip, short_side)
+        out.extend([center_crop(clip, crop)] if spatial == 1 else three_crop(clip, crop))
+    return rearrange(torch.stack(out), "v c t h w -> v t h w c").contiguous().numpy()
 
 
 def views_to_input(views: np.ndarray | torch.Tensor, spec: ModelSpec) -> torch.Tensor:
@@ -176,6 +191,7 @@ class VideoClassifier:
         self, views: np.ndarray, topk: int = 5, embed: bool = False
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """uint8 (B, V, T, H, W, C) -> top-k (B, k) ids and probs, and (B, D) embeddings if asked."""
+        check_topk(topk)
         batch, count = views.shape[:2]
         x = views_to_input(views, self.spec).to(self.device)
         x = rearrange(x, "b v ... -> (b v) ...")
@@ -275,6 +291,47 @@ class PointSegmenter:
         segment, fragments = predict_scene(self.model, cloud, self.voxel_size, self.max_fragments, name=os.fspath(path))
         return PointPrediction(path=os.fspath(path), cloud=cloud, segment=segment, class_names=self.class_names,
                                fragments=fragments)
+
+
+def output_stems(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """One distinct file-name stem per input, for the labeled PLY and PNG that `infer --out`
+    writes: the name without its suffix (`room.ply` -> `room`); where inputs share one, their
+    paths below the folder they have in common (`a/room.ply`, `b/room.ply` -> `a__room`,
+    `b__room`); and `-2`, `-3`, ... for what still clashes (one file given twice)."""
+    stems = [_plain_stem(path) for path in paths]
+    for group in _clashing_groups(stems):
+        absolute = {i: Path(os.path.abspath(paths[i])) for i in group}
+        base = Path(os.path.commonpath(list(absolute.values())))
+        for i, path in absolute.items():
+            parts = path.relative_to(base).parts
+            if parts:  # empty when one path is given twice; _numbered tells those apart
+                stems[i] = "__".join(parts[:-1] + (_plain_stem(path),))
+    return _numbered(stems)
+
+
+def _plain_stem(path: str | os.PathLike) -> str:
+    return Path(os.path.abspath(path)).name.rsplit(".", 1)[0] or "scan"
+
+
+def _clashing_groups(stems: list[str]) -> list[list[int]]:
+    # Case-folded: `Room` and `room` are one file on macOS and Windows file systems.
+    groups: dict[str, list[int]] = {}
+    for i, stem in enumerate(stems):
+        groups.setdefault(stem.casefold(), []).append(i)
+    return [group for group in groups.values() if len(group) > 1]
+
+
+def _numbered(stems: list[str]) -> list[str]:
+    used: set[str] = set()
+    names = []
+    for stem in stems:
+        name, number = stem, 1
+        while name.casefold() in used:
+            number += 1
+            name = f"{stem}-{number}"
+        used.add(name.casefold())
+        names.append(name)
+    return names
 
 
 def class_palette(num_classes: int) -> np.ndarray:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from einops import rearrange
 
 from spatiotemporal.infer import ClipRecipe, aggregate_views, clip_views, views_to_input
 from spatiotemporal.models import create_model
@@ -59,16 +60,24 @@ def test_three_crops_span_the_long_side_of_each_temporal_view(tmp_path):
     video = make_video(tmp_path / "wide.mp4", size="96x64")
     views = clip_views(video, ClipRecipe(frames=4, stride=2, crop=32, short_side=32, views=(2, 3)))
     assert views.shape == (6, 4, 32, 32, 3) and views.dtype == np.uint8
-    with VideoReader(video, short_side=32) as reader:
-        frames = reader.get_frames(list(range(len(reader)))).numpy()  # (T, 32, 48, 3)
+    from spatiotemporal.data.transforms import short_side_scale
+
+    with VideoReader(video) as reader:
+        frames = torch.as_tensor(reader.get_frames(list(range(len(reader)))))
+    # Resized as evaluation resizes: (T, 32, 48, 3).
+    frames = rearrange(short_side_scale(rearrange(frames, "t h w c -> t c h w"), 32), "t c h w -> t h w c").numpy()
     width = frames.shape[2]
     # Views 0, 1, 2 are the first temporal clip cut left, centre and right.
     first_clip = views[0]
-    lefts = [np.array_equal(first_clip[0], f[:, :32]) for f in frames]
+    # Resizing a 4-frame view and the whole video in one call may round a pixel differently: 1 level.
+    def same(a, b):
+        return np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+    lefts = [same(first_clip[0], f[:, :32]) for f in frames]
     assert any(lefts)
     t = lefts.index(True)
-    np.testing.assert_array_equal(views[2][0], frames[t, :, width - 32 :])
-    np.testing.assert_array_equal(views[1][0], frames[t, :, (width - 32 + 1) // 2 : (width - 32 + 1) // 2 + 32])
+    assert same(views[2][0], frames[t, :, width - 32 :])
+    assert same(views[1][0], frames[t, :, (width - 32 + 1) // 2 : (width - 32 + 1) // 2 + 32])
 
 
 def test_videos_get_top_k_labels_from_the_checkpoints_class_names(tmp_path, checkpoint, video_dir, capsys):

@@ -28,6 +28,9 @@ def test_specs_carry_the_papers_input_preprocessing_and_test_protocol():
         assert spec.preprocess.mean == (0.45, 0.45, 0.45) and spec.preprocess.std == (0.225, 0.225, 0.225)
     assert (small.protocol.temporal_views, small.protocol.spatial_crops) == (5, 1)
     assert (base.protocol.temporal_views, base.protocol.spatial_crops) == (5, 1)
+    for spec in (small, base):
+        # SlowFast with USE_OFFSET_SAMPLING; one crop means resizing to TRAIN_JITTER_SCALES[0] = 256 first.
+        assert (spec.protocol.anchor, spec.protocol.short_side) == ("slowfast_offset", 256)
 
 
 def test_conv_patch_embedding_maps_16x224_to_an_8x56x56_grid():

@@ -37,14 +37,20 @@ def test_short_video_can_loop_instead():
 
 
 def test_mmaction2_views_span_first_to_last_start():
-    # mmaction2 1.x: max_offset = 300 - 64 = 236, offsets round(i * 236 / 2) = 0, 118, 236.
+    # mmaction2 1.x test mode counts a clip as (8 - 1) * 8 + 1 = 57 frames: max_offset = 300 - 57
+    # = 243, offsets round(i * 243 / 2) = 0, 122 (121.5 to even), 243; the last view ends on frame 299.
     views = S.uniform_clips(300, 8, 8, 3, anchor="mmaction2")
-    assert views[:, 0].tolist() == [0, 118, 236]
-    assert views[2].tolist() == [236, 244, 252, 260, 268, 276, 284, 292]
+    assert views[:, 0].tolist() == [0, 122, 243]
+    assert views[2].tolist() == [243, 251, 259, 267, 275, 283, 291, 299]
+
+
+def test_mmaction2_test_span_runs_from_first_to_last_sampled_frame():
+    assert S.test_span(8, 8, "mmaction2") == 57
+    assert S.test_span(8, 8, "mmaction2_0x") == S.test_span(8, 8, "slowfast") == 64
 
 
 def test_mmaction2_single_view_is_centred():
-    assert S.uniform_clips(300, 8, 8, 1, anchor="mmaction2")[0, 0] == 118
+    assert S.uniform_clips(300, 8, 8, 1, anchor="mmaction2")[0, 0] == 121
 
 
 def test_mmaction2_rounds_view_starts_half_to_even():
@@ -81,6 +87,34 @@ def test_slowfast_matches_pytorchvideo_uniform_temporal_subsample(pytorchvideo_f
     frames = torch.arange(64).view(1, 64, 1, 1).float()
     reference = pytorchvideo_functional.uniform_temporal_subsample(frames, 8, temporal_dim=1).flatten().long()
     assert S.uniform_clips(64, 8, 8, 1, anchor="slowfast")[0].tolist() == reference.tolist()
+
+
+def test_slowfast_offset_views_start_at_multiples_of_the_floored_step():
+    # MViTv2's configs (USE_OFFSET_SAMPLING): delta = 250 - 64 = 186, starts i * floor(186 / 4) = 46 i;
+    # frames linspace(s, s + 63, 16) truncated.
+    views = S.uniform_clips(250, 16, 4, 5, anchor="slowfast_offset")
+    assert views[:, 0].tolist() == [0, 46, 92, 138, 184]
+    assert views[0].tolist() == [0, 4, 8, 12, 16, 21, 25, 29, 33, 37, 42, 46, 50, 54, 58, 63]
+
+
+def test_slowfast_offset_single_view_is_centred():
+    # delta = 300 - 64 = 236 -> floor(236 / 2) = 118.
+    assert S.uniform_clips(300, 16, 4, 1, anchor="slowfast_offset")[0, 0] == 118
+
+
+def test_dmvr_views_truncate_a_linspace_of_starts():
+    # ViViT (scenic/DMVR): max_offset = 300 - 64 = 236, linspace(0, 236, 4) = 0, 78.67, 157.33, 236.
+    views = S.uniform_clips(300, 32, 2, 4, anchor="dmvr")
+    assert views[:, 0].tolist() == [0, 78, 157, 236]
+    assert views[1, :3].tolist() == [78, 80, 82]
+
+
+def test_dmvr_single_view_starts_at_the_first_frame():
+    assert S.uniform_clips(300, 32, 2, 1, anchor="dmvr")[0, 0] == 0
+
+
+def test_dmvr_pads_short_videos_by_looping():
+    assert S.uniform_clips(10, 8, 2, 1, anchor="dmvr")[0].tolist() == [0, 2, 4, 6, 8, 0, 2, 4]
 
 
 def test_unknown_anchor_is_rejected():

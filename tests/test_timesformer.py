@@ -48,6 +48,8 @@ def test_registered_configs_carry_the_papers_inputs_protocol_and_preprocessing()
         spec = get_spec(name)
         assert (spec.num_frames, spec.frame_stride, spec.crop_size) == (frames, stride, size)
         assert (spec.protocol.temporal_views, spec.protocol.spatial_crops) == (1, 3)
+        # The official test: SlowFast's loader without offset, short side = crop, raw logits summed.
+        assert (spec.protocol.anchor, spec.protocol.short_side, spec.protocol.aggregation) == ("slowfast", size, "logits")
         assert spec.preprocess.mean == (0.45, 0.45, 0.45) and spec.preprocess.std == (0.225, 0.225, 0.225)
     assert {"timesformer_tiny", "timesformer_tiny_space_only", "timesformer_tiny_joint"} <= set(list_models())
     with torch.device("meta"):

@@ -33,6 +33,8 @@ def test_specs_carry_imagenet_statistics_and_the_4x3_protocol():
     spec = get_spec("swin3d_t")
     assert (spec.protocol.temporal_views, spec.protocol.spatial_crops) == (4, 3)
     assert (spec.num_frames, spec.frame_stride, spec.crop_size) == (32, 2, 224)
+    # Its mmaction2 0.x test pipeline: clips at interval centres, Resize(-1, 224), ThreeCrop(224), prob average.
+    assert (spec.protocol.anchor, spec.protocol.short_side, spec.protocol.aggregation) == ("mmaction2_0x", 224, "softmax")
 
 
 def test_patch_partition_pads_the_clip_up_to_whole_2x4x4_patches():

@@ -57,6 +57,8 @@ def test_registered_configs_carry_32x2_tubelets_the_4x3_logit_protocol_and_minus
         assert spec.kwargs.get("tubelet_size", (2, 16, 16)) == (2, 16, 16)
         assert (spec.protocol.temporal_views, spec.protocol.spatial_crops) == (4, 3)
         assert spec.protocol.aggregation == "logits"
+        # scenic: short side 256 (`min_resize`), then DMVR's linspace of clip starts.
+        assert (spec.protocol.short_side, spec.protocol.anchor) == (256, "dmvr")
         assert spec.preprocess.mean == (0.5, 0.5, 0.5) and spec.preprocess.std == (0.5, 0.5, 0.5)
     with torch.device("meta"):
         large = create_model("vivit_l_fe")

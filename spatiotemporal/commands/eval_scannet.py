@@ -17,6 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="val")
     parser.add_argument("--out", default=None, help="with a model: write submission files, report and PNG here")
     parser.add_argument("--json", default=None, help="write the summary here")
+    parser.add_argument("--tta", action="store_true",
+                        help="with a model: sum Pointcept's 13 test-time augmentations, as its published numbers do")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
             from spatiotemporal.train.config import load_config
             from spatiotemporal.train.tasks import PointsTask, load_weights
 
-            config = load_config(args.config, [f"data.root={args.data}", f"data.val_split={args.split}"])
+            overrides = [f"data.root={args.data}", f"data.val_split={args.split}", f"eval.tta={str(args.tta).lower()}"]
+            config = load_config(args.config, overrides)
             task = PointsTask(config)
             model = task.build_model()
             load_weights(model, args.checkpoint)

@@ -3,7 +3,9 @@
 Every sampler returns int64 numpy indices into the decoded video, so the reader decodes only the
 frames a clip needs. A clip of `num_frames` frames with `stride` covers `num_frames * stride`
 source frames (the last sampled frame plus its trailing gap), which is how SlowFast and mmaction2
-both count a clip's span.
+count a training clip's span; mmaction2 1.x places test views with the span from the first to the
+last sampled frame instead (`test_span`). Each code base's placement of test views is an "anchor",
+and each model's spec names the one its paper was evaluated with.
 
 Videos shorter than a clip are padded, and the two reference code bases pad differently:
   * "repeat_last" (SlowFast, pytorchvideo): indices past the end are clamped to the last frame.
@@ -23,13 +25,17 @@ import numpy as np
 import torch
 
 Padding = Literal["repeat_last", "loop"]
-Anchor = Literal["mmaction2", "mmaction2_0x", "slowfast"]
+Anchor = Literal["mmaction2", "mmaction2_0x", "slowfast", "slowfast_offset", "dmvr"]
 
 _ANCHOR_PADDING: dict[str, Padding] = {
     "mmaction2": "loop",
     "mmaction2_0x": "loop",
     "slowfast": "repeat_last",
+    "slowfast_offset": "repeat_last",
+    "dmvr": "loop",
 }
+# Anchors whose frames are `linspace(start, start + span - 1, num_frames)` truncated, not start + k * stride.
+_LINSPACE_FRAMES = ("slowfast", "slowfast_offset")
 
 
 def pad_indices(indices: np.ndarray, num_video_frames: int, pad: Padding) -> np.ndarray:
@@ -75,15 +81,29 @@ def random_clip(
     return clip_at(start, num_frames, stride, num_video_frames, pad)
 
 
+def test_span(num_frames: int, stride: int, anchor: Anchor) -> int:
+    """The span an anchor's test views are placed with. mmaction2 1.x counts a test clip from its
+    first to its last sampled frame, `(num_frames - 1) * stride + 1` (`SampleFrames` in test mode);
+    every other anchor counts the trailing gap too, `num_frames * stride`."""
+    if anchor == "mmaction2":
+        return (num_frames - 1) * stride + 1
+    return clip_span(num_frames, stride)
+
+
 def uniform_clip_starts(num_video_frames: int, span: int, num_clips: int, anchor: Anchor = "mmaction2") -> np.ndarray:
-    """Start frames of `num_clips` evenly spaced test views, placed as the anchor code base does.
+    """Start frames of `num_clips` evenly spaced test views, placed as the anchor code base does,
+    given the span the anchor counts (`test_span`).
 
     * mmaction2 (1.x `SampleFrames._get_test_clips`, 3-D models): views spread from the first to
       the last possible start, both included, rounded half-to-even; one view sits in the middle.
     * mmaction2_0x (0.x, used by Video Swin): the video is cut into `num_clips` equal intervals
       and each view starts at its interval's centre, truncated to an integer.
-    * slowfast (`get_start_end_idx`, `use_offset=False`): view i starts at
+    * slowfast (`get_start_end_idx`, `use_offset=False`; TimeSformer): view i starts at
       `(num_video_frames - span) * i / num_clips`, so views begin at frame 0 and never touch the end.
+    * slowfast_offset (`use_offset=True`; MViTv2's configs): view i starts at
+      `i * floor(slack / (num_clips - 1))`, a single view at `floor(slack / 2)`.
+    * dmvr (`sample_linspace_sequence`; ViViT): `linspace(0, slack, num_clips)` truncated, so a
+      single view starts at frame 0.
     """
     if num_clips < 1:
         raise ValueError(f"num_clips must be >= 1, got {num_clips}")
@@ -101,6 +121,14 @@ def uniform_clip_starts(num_video_frames: int, span: int, num_clips: int, anchor
         return (i * interval + interval / 2.0).astype(np.int64)
     if anchor == "slowfast":
         return np.floor(max(slack, 0) * i / num_clips).astype(np.int64)
+    if anchor == "slowfast_offset":
+        delta = max(slack, 0)
+        if num_clips == 1:
+            return np.array([delta // 2], dtype=np.int64)
+        return np.arange(num_clips, dtype=np.int64) * (delta // (num_clips - 1))
+    if anchor == "dmvr":
+        # float32 as TensorFlow computes it, then the cast's truncation.
+        return np.linspace(0.0, max(slack, 0), num_clips, dtype=np.float32).astype(np.int64)
     raise ValueError(f"unknown anchor {anchor!r}; expected one of {sorted(_ANCHOR_PADDING)}")
 
 
@@ -115,24 +143,25 @@ def uniform_clips(
 ) -> np.ndarray:
     """All temporal test views: (num_clips, num_frames) indices, evenly spaced over the video.
 
-    `pad` defaults to the anchor's own padding ("loop" for mmaction2, "repeat_last" for SlowFast).
-    SlowFast places its frames with `linspace(start, start + span - 1, num_frames)`, which for
-    its float start is not exactly `start + k * stride`; that placement is reproduced here so that
-    evaluating a SlowFast-trained model sees the frames it was tested on.
+    `pad` defaults to the anchor's own padding ("loop" for mmaction2 and DMVR, "repeat_last" for
+    SlowFast). SlowFast places its frames with `linspace(start, start + span - 1, num_frames)`,
+    which for its float start (or a span that `num_frames - 1` does not divide) is not exactly
+    `start + k * stride`; that placement is reproduced here so that evaluating a SlowFast-trained
+    model sees the frames it was tested on.
     """
     if anchor not in _ANCHOR_PADDING:
         raise ValueError(f"unknown anchor {anchor!r}; expected one of {sorted(_ANCHOR_PADDING)}")
     pad = pad or _ANCHOR_PADDING[anchor]
-    span = clip_span(num_frames, stride)
-    if anchor == "slowfast":
-        delta = max(num_video_frames - span, 0)
-        views = []
-        for i in range(num_clips):
-            start = delta * i / num_clips
-            # torch.linspace in float32, then truncation, is exactly SlowFast's `temporal_sampling`.
-            index = torch.linspace(start, start + span - 1, num_frames).long().numpy()
-            views.append(pad_indices(index, num_video_frames, pad))
-        return np.stack(views)
+    span = test_span(num_frames, stride, anchor)
+    if anchor in _LINSPACE_FRAMES:
+        if anchor == "slowfast":
+            delta = max(num_video_frames - span, 0)
+            starts = [delta * i / num_clips for i in range(num_clips)]
+        else:
+            starts = [float(s) for s in uniform_clip_starts(num_video_frames, span, num_clips, anchor)]
+        # torch.linspace in float32, then truncation, is exactly SlowFast's `temporal_sampling`.
+        views = [torch.linspace(s, s + span - 1, num_frames).long().numpy() for s in starts]
+        return np.stack([pad_indices(v, num_video_frames, pad) for v in views])
     starts = uniform_clip_starts(num_video_frames, span, num_clips, anchor)
     return np.stack([clip_at(int(s), num_frames, stride, num_video_frames, pad) for s in starts])
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -122,13 +122,15 @@ class ScanNetEvaluator:
         import torch
         import torch.distributed as dist
 
-        from spatiotemporal.distributed import world_size
+        from spatiotemporal.distributed import collective_device, world_size
 
         if world_size() == 1:
             return
         counts = torch.as_tensor(np.append(self.confusion.reshape(-1), self.num_scenes))
+        # NCCL (the GPU configs' backend) reduces CUDA tensors only.
+        counts = counts.to(collective_device())
         dist.all_reduce(counts)
-        counts = counts.numpy()
+        counts = counts.cpu().numpy()
         self.confusion = counts[:-1].reshape(self.confusion.shape)
         self.num_scenes = int(counts[-1])
 
@@ -191,8 +193,25 @@ class FragmentVoter:
         return self.votes.argmax(axis=1)
 
 
+def pointcept_test_augmentations() -> list:
+    """Pointcept's ScanNet test-time augmentations (its `aug_transform`): rotations about z by 0,
+    1/2, 1 and 3/2 pi through the centred scene's origin, each at scale 1, 0.95 and 1.05, then x and
+    y mirrored: 13 passes whose votes are summed."""
+    from spatiotemporal.data import point_transforms as T
+
+    passes = []
+    for scale in (None, 0.95, 1.05):
+        for angle in (0.0, 0.5, 1.0, 1.5):
+            steps = [T.RandomRotate((angle, angle), "z", center=(0.0, 0.0, 0.0), p=1.0)]
+            if scale is not None:
+                steps.append(T.RandomScale((scale, scale)))
+            passes.append(T.Compose(steps))
+    passes.append(T.RandomFlip(p=1.0))
+    return passes
+
+
 def predict_scene(model, cloud: dict, grid_size: float, max_fragments: int | None = None,
-                  name: str = "<scene>") -> tuple[np.ndarray, int]:
+                  name: str = "<scene>", augmentations: Sequence[Callable] | None = None) -> tuple[np.ndarray, int]:
     """Train ids (0..19 for the ScanNet heads) for every point of `cloud`, Pointcept's test
     protocol, and how many fragments were predicted.
 
@@ -200,8 +219,10 @@ def predict_scene(model, cloud: dict, grid_size: float, max_fragments: int | Non
     takes them). It is shifted floor to z = 0 and xy-centred, then voxelized at `grid_size` into
     test fragments that together cover every point; each is centred, colour-normalised and
     predicted with the model's own input features, and the softmax is summed back onto the points
-    (`FragmentVoter`). `max_fragments` (None or 0 = all) caps the
-    fragments for speed; points then uncovered take their voxel's vote.
+    (`FragmentVoter`). `augmentations` (None: one pass as the scene is) transform the centred scene
+    before voxelizing, one pass each, all voting together; `pointcept_test_augmentations()` is
+    Pointcept's set, what its published numbers use. `max_fragments` (None or 0 = all) caps the
+    fragments of each pass for speed; points then uncovered take their voxel's vote.
     """
     import torch
 
@@ -209,23 +230,25 @@ def predict_scene(model, cloud: dict, grid_size: float, max_fragments: int | Non
     from spatiotemporal.models.registry import point_feature_keys
 
     scene = T.CenterShift(apply_z=True)(T.to_tensors(cloud))
-    fragments = T.GridSample(grid_size, "test")(scene)
-    capped = bool(max_fragments) and len(fragments) > max_fragments
-    fragments = fragments[:max_fragments] if capped else fragments
     device = next(model.parameters()).device
     keys = point_feature_keys(model)
-    voter = None
+    voter, predicted = None, 0
     with torch.inference_mode():
-        for fragment in fragments:
-            fragment = T.NormalizeColor()(T.CenterShift(apply_z=False)(fragment))
-            coord = fragment["coord"].float().to(device)
-            offset = torch.tensor([len(coord)], device=device)
-            logits = model(coord, T.point_features(fragment, keys).to(device), offset)
-            if voter is None:  # the head's width, whatever the model was trained for
-                voter = FragmentVoter(len(scene["coord"]), logits.shape[1], name,
-                                      voxel_of=fragments[0]["inverse"].numpy() if capped else None)
-            voter.add(torch.softmax(logits.float(), -1).cpu().numpy(), fragment["index"].numpy())
-    return voter.predict(), len(fragments)
+        for augment in augmentations or [None]:
+            fragments = T.GridSample(grid_size, "test")(scene if augment is None else augment(scene))
+            capped = bool(max_fragments) and len(fragments) > max_fragments
+            fragments = fragments[:max_fragments] if capped else fragments
+            for fragment in fragments:
+                fragment = T.NormalizeColor()(T.CenterShift(apply_z=False)(fragment))
+                coord = fragment["coord"].float().to(device)
+                offset = torch.tensor([len(coord)], device=device)
+                logits = model(coord, T.point_features(fragment, keys).to(device), offset)
+                if voter is None:  # the head's width, whatever the model was trained for
+                    voter = FragmentVoter(len(scene["coord"]), logits.shape[1], name,
+                                          voxel_of=fragments[0]["inverse"].numpy() if capped else None)
+                voter.add(torch.softmax(logits.float(), -1).cpu().numpy(), fragment["index"].numpy())
+            predicted += len(fragments)
+    return voter.predict(), predicted
 
 
 def write_submission(path: str | Path, nyu40_ids: np.ndarray) -> Path:

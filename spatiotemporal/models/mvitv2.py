@@ -199,8 +199,10 @@ CONFIGS: dict[str, MViTConfig] = {
 
 # SlowFast / torchvision MViT weights use mean 0.45 and std 0.225 on every channel.
 KINETICS_PREPROCESS = Preprocess(mean=(0.45, 0.45, 0.45), std=(0.225, 0.225, 0.225), layout="BCTHW")
-# MViTv2's Kinetics protocol (SlowFast configs): 5 temporal clips x 1 centre crop.
-MVIT_PROTOCOL = TestProtocol(temporal_views=5, spatial_crops=1, aggregation="softmax", short_side=224)
+# MViTv2's Kinetics protocol (SlowFast configs): 5 temporal clips placed with USE_OFFSET_SAMPLING x
+# 1 centre crop; one crop means SlowFast resizes to TRAIN_JITTER_SCALES[0] = 256 before cropping 224.
+MVIT_PROTOCOL = TestProtocol(temporal_views=5, spatial_crops=1, aggregation="softmax", short_side=256,
+                             anchor="slowfast_offset")
 
 
 def _build(config_name: str, num_frames: int, img_size: int):
@@ -253,7 +255,7 @@ register_model(
         frame_stride=4,
         crop_size=96,
         preprocess=KINETICS_PREPROCESS,
-        protocol=TestProtocol(temporal_views=1, spatial_crops=1),
+        protocol=TestProtocol(temporal_views=1, spatial_crops=1, anchor="slowfast_offset"),
         description="tiny MViTv2 for CPU tests and demos (32-d, 5 blocks)",
     )
 )

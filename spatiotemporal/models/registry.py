@@ -38,8 +38,9 @@ class TestProtocol:
 
     temporal_views: int = 1
     spatial_crops: int = 1
-    aggregation: str = "softmax"  # or "logits" (ViViT/scenic)
-    short_side: int | None = None  # resize before cropping; None means crop_size
+    aggregation: str = "softmax"  # or "logits" (ViViT/scenic, TimeSformer)
+    short_side: int | None = None  # resize before cropping, at the spec's crop size; None means crop_size
+    anchor: str = "mmaction2"  # where the temporal views sit: a `spatiotemporal.data.sampling.Anchor`
 
 
 @dataclass(frozen=True)

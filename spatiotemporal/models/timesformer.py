@@ -147,7 +147,10 @@ def _spec(name: str, frames: int, stride: int, size: int, description: str, **kw
             frame_stride=stride,
             crop_size=size,
             preprocess=_PREPROCESS,
-            protocol=TestProtocol(temporal_views=1, spatial_crops=3, aggregation="softmax", short_side=size),
+            # The official test (SlowFast's loader, no offset) sums the head's raw logits over 3 crops
+            # taken at short side = crop size.
+            protocol=TestProtocol(temporal_views=1, spatial_crops=3, aggregation="logits", short_side=size,
+                                  anchor="slowfast"),
             published_params_m=published,
             params_source=_PAPER if published else "",
             description=description,

@@ -159,8 +159,10 @@ CONFIGS: dict[str, SwinConfig] = {
 
 # torchvision's Swin3D weights use the ImageNet statistics (Swin3D_*_Weights transforms).
 IMAGENET = Preprocess(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), layout="BCTHW")
-# Video Swin's Kinetics protocol: 4 temporal clips x 3 spatial crops, short side 224.
-SWIN_PROTOCOL = TestProtocol(temporal_views=4, spatial_crops=3, aggregation="softmax", short_side=224)
+# Video Swin's Kinetics protocol (its mmaction2 0.x configs): 4 temporal clips x 3 spatial crops,
+# short side 224.
+SWIN_PROTOCOL = TestProtocol(temporal_views=4, spatial_crops=3, aggregation="softmax", short_side=224,
+                             anchor="mmaction2_0x")
 
 
 def _build(config_name: str):
@@ -204,7 +206,7 @@ register_model(
         frame_stride=4,
         crop_size=112,
         preprocess=IMAGENET,
-        protocol=TestProtocol(temporal_views=1, spatial_crops=1),
+        protocol=TestProtocol(temporal_views=1, spatial_crops=1, anchor="mmaction2_0x"),
         description="tiny Video Swin for CPU tests and demos (32-d, window 4x7x7)",
     )
 )

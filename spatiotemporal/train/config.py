@@ -58,7 +58,10 @@ DEFAULTS: dict[str, Any] = {
         "log_every": 10,  # steps between JSONL rows
         "crash_at_step": None,  # testing aid: the workers die after this many steps
     },
-    "eval": {"views": None, "aggregation": None, "batch_size": 8},  # None: the model spec's protocol
+    # None: the model spec's protocol. short_side: the test resize; by default the protocol's when
+    # the crop is the spec's own (the paper's setting), else data.short_side. tta (points): sum
+    # Pointcept's 13 test-time augmentations, 13 times the work.
+    "eval": {"views": None, "aggregation": None, "short_side": None, "tta": False, "batch_size": 8},
     "ray": {"num_workers": 2, "use_gpu": False, "resources_per_worker": {"CPU": 1}, "address": None},
 }
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from spatiotemporal.distributed import world_size
+from spatiotemporal.distributed import collective_device, world_size
 from spatiotemporal.layers.sync_batch_norm import synchronize_batch_norms
 from spatiotemporal.train import checkpoint as ckpt
 from spatiotemporal.train.ema import ModelEma
@@ -65,8 +65,10 @@ def _seed_all(seed: int) -> None:
 def _all_reduce_sum(values: list[float]) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64)
     if world_size() > 1:
+        # NCCL (used whenever training runs on GPUs) reduces CUDA tensors only.
+        tensor = tensor.to(collective_device())
         dist.all_reduce(tensor)
-    return tensor.tolist()
+    return tensor.cpu().tolist()
 
 
 def _gather_rng_states(world: int) -> list[dict]:

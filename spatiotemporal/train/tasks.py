@@ -48,7 +48,16 @@ class VideoTask:
         views = parse_views(config["eval"]["views"]) or (protocol.temporal_views, protocol.spatial_crops)
         self.temporal_views, self.spatial_crops = views
         self.aggregation = config["eval"]["aggregation"] or protocol.aggregation
+        self.test_short_side = config["eval"]["short_side"] or self._protocol_short_side()
         self._classes = None
+
+    def _protocol_short_side(self) -> int:
+        """The paper's test resize holds for the paper's crop; a config that crops at another size
+        keeps its own geometry (data.short_side)."""
+        protocol = self.spec.protocol
+        if protocol.short_side is not None and self.crop_size == self.spec.crop_size:
+            return protocol.short_side
+        return self.short_side
 
     # -- data
 
@@ -64,7 +73,7 @@ class VideoTask:
         transform = ClipTransform(
             crop_size=self.crop_size,
             train_short_side=(self.short_side, int(round(self.short_side * 1.25))),
-            test_short_side=self.short_side,
+            test_short_side=self.test_short_side,
             hflip=data["augment"] and data["hflip"],
             num_crops=self.spatial_crops,
             mean=pre.mean,
@@ -72,7 +81,8 @@ class VideoTask:
         )
         kwargs = dict(
             mode=mode,
-            clip=ClipSampling(num_frames=self.num_frames, stride=self.frame_stride, num_clips=self.temporal_views),
+            clip=ClipSampling(num_frames=self.num_frames, stride=self.frame_stride, num_clips=self.temporal_views,
+                              anchor=self.spec.protocol.anchor),
             transform=transform,
             seed=self.config["seed"],
         )
@@ -346,18 +356,25 @@ class PointsTask:
         from tqdm import tqdm
 
         from spatiotemporal.data.scannet import ScanNetDataset
-        from spatiotemporal.eval.scannet import ScanNetEvaluator, predict_scene, train_to_nyu40, write_submission
+        from spatiotemporal.eval.scannet import (
+            ScanNetEvaluator,
+            pointcept_test_augmentations,
+            predict_scene,
+            train_to_nyu40,
+            write_submission,
+        )
 
         data = self.config["data"]
         scenes = ScanNetDataset(Path(data["root"]), data["val_split"])
         evaluator = ScanNetEvaluator()
+        augmentations = pointcept_test_augmentations() if self.config["eval"]["tta"] else None
         was_training = model.training
         model.eval()
         first = None
         for index in tqdm(_rank_shard(len(scenes), rank, world), desc="eval scannet", disable=rank != 0, leave=False):
             cloud = scenes.load(index)
             name = cloud.pop("name")
-            pred, _ = predict_scene(model, cloud, data["grid_size"], name=name)
+            pred, _ = predict_scene(model, cloud, data["grid_size"], name=name, augmentations=augmentations)
             evaluator.update_train_ids(pred, cloud["segment"], name)
             if report_dir is not None:
                 write_submission(report_dir / "submission" / f"{name}.txt", train_to_nyu40(pred))
