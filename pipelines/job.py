@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.inputs import InputItem
+from pipelines.errors import one_line_error
+from pipelines.inputs import InputItem, ManifestError
 
 # A result column holding serialized safetensors bytes; the writer unpacks it into a shard file.
 PAYLOAD = "payload"
@@ -71,31 +72,43 @@ class OutputStore:
         self.run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
         self._counter = 0
 
-    def ids(self, table: str) -> set[str]:
+    def index(self, table: str) -> dict[str, str | None]:
+        """id -> path of every row in `table` (path None in shards written without one)."""
         import pyarrow.parquet as pq
 
         directory = self.root / table
         if not directory.is_dir():
-            return set()
-        out: set[str] = set()
+            return {}
+        out: dict[str, str | None] = {}
         for shard in sorted(directory.glob("*.parquet")):
-            out.update(pq.read_table(shard, columns=["id"]).column("id").to_pylist())
+            columns = [c for c in ("id", "path") if c in pq.read_schema(shard).names]
+            data = pq.read_table(shard, columns=columns).to_pydict()
+            out.update(zip(data["id"], data.get("path", [None] * len(data["id"]))))
         return out
 
-    def drop_failures(self, ids: set[str]) -> None:
-        """Forget failures that are about to be retried, so each input stays listed once."""
+    def drop(self, table: str, ids: set[str]) -> int:
+        """Remove the rows of `ids` from `table` (inputs about to be redone, so each input stays
+        listed once); returns how many rows went."""
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
-        for shard in sorted(self.failures_dir.glob("*.parquet")):
-            table = pq.read_table(shard)
-            keep = table.filter(pc.invert(pc.is_in(table.column("id"), value_set=_pa_strings(ids))))
-            if keep.num_rows == table.num_rows:
+        directory = self.root / table
+        if not ids or not directory.is_dir():
+            return 0
+        dropped = 0
+        for shard in sorted(directory.glob("*.parquet")):
+            data = pq.read_table(shard)
+            keep = data.filter(pc.invert(pc.is_in(data.column("id"), value_set=_pa_strings(ids))))
+            if keep.num_rows == data.num_rows:
                 continue
+            dropped += data.num_rows - keep.num_rows
             if keep.num_rows:
+                # Tensors of the dropped rows stay in the sibling safetensors file, unreferenced.
                 _write_parquet_atomic(keep, shard)
             else:
                 shard.unlink()
+                shard.with_suffix(".safetensors").unlink(missing_ok=True)
+        return dropped
 
     def write(self, table: str, rows: dict[str, list]) -> Path:
         import pyarrow as pa
@@ -208,6 +221,25 @@ def pending_dataset(items: list[InputItem], rows_per_block: int):
     return ray.data.from_items(rows, override_num_blocks=blocks)
 
 
+class JobAborted(RuntimeError):
+    """The plan itself failed (a model that cannot be built, a bug in a batch function): the job
+    stopped, and the inputs it had not finished are in the failures table with this reason."""
+
+
+class OutputConflictError(ManifestError):
+    """OUTDIR already holds an input id for a different file than this run lists under that id."""
+
+
+@dataclass
+class _Todo:
+    """What this run does, after what OUTDIR already holds."""
+
+    items: list[InputItem]  # to send through the plan
+    unlisted: list[tuple[InputItem, str]]  # inputs that fail before the plan, with the reason
+    skipped: int
+    replaced: int  # earlier rows removed because their inputs are redone (--no-resume, --retry-failed)
+
+
 def run_job(
     name: str,
     items: list[InputItem],
@@ -226,67 +258,82 @@ def run_job(
 ) -> JobSummary:
     """Run `plan` over `items`, skipping what OUTDIR already holds, and write results/failures.
 
+    Resuming skips an input only when OUTDIR holds its id for the same path; the same id for
+    another path raises OutputConflictError before anything runs. `resume=False` redoes every
+    listed input and first removes their earlier rows from results/ and failures/ (rows of inputs
+    not listed stay). `retry_failed` redoes the listed inputs that failed before.
+
     `on_row` sees every successful row before it is buffered (jobs use it for side outputs such
     as submission files). If no output arrives for `stall_timeout_s` (a cluster that lost the
     resources the plan needs), the job stops and records what is left as failures rather than
-    hang.
+    hang. If the plan raises, what is left is recorded as failures, summary.json is written, and
+    JobAborted (one line) is raised.
     """
     from tqdm import tqdm
 
     store = OutputStore(output_dir)
     store.root.mkdir(parents=True, exist_ok=True)
-    done = store.ids("results") if resume else set()
-    failed_before = store.ids("failures") if resume else set()
-    if retry_failed:
-        store.drop_failures(failed_before)
-        failed_before = set()
-    todo = [item for item in items if item.id not in done and item.id not in failed_before]
-    skipped = len(items) - len(todo)
+    plan_todo = _plan_todo(store, items, resume, retry_failed)
+    todo = plan_todo.items
+    if plan_todo.replaced:
+        print(f"{name}: removed {plan_todo.replaced} earlier rows of the inputs this run redoes",
+              file=sys.stderr, flush=True)
     expected = {item.id for item in todo}
     seen: set[str] = set()
     results = _ShardBuffer(store, "results", shard_rows)
     failures = _ShardBuffer(store, "failures", shard_rows)
     ok = failed = 0
     stalled = False
+    aborted: str | None = None
     # Where the time went before the first result: starting Ray (when the job starts its own) and
     # then the plan's workers (processes, imports, models). `seconds` includes both.
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    bar = tqdm(total=len(todo), desc=name, unit="input", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(total=len(todo) + len(plan_todo.unlisted), desc=name, unit="input", disable=not progress,
+               file=sys.stderr, dynamic_ncols=True)
     try:
+        for item, reason in plan_todo.unlisted:
+            failures.add({"id": item.id, "path": item.path, "error": reason})
+            failed += 1
+            bar.update(1)
         if todo:
-            with ray_session(address, num_cpus):
-                timings["ray_start_s"] = time.perf_counter() - start
-                _quiet_ray_data()
-                dataset = plan(pending_dataset(todo, rows_per_block))
-                stream = _OutputStream(dataset, stall_timeout_s)
-                for batch in stream:
-                    timings.setdefault("first_output_s", time.perf_counter() - start)
-                    for row in _rows(batch):
-                        row_id = str(row["id"])
-                        # A retried task may resend rows that already arrived; keep the first.
-                        if row_id in seen or row_id not in expected:
-                            continue
-                        seen.add(row_id)
-                        error = str(row.pop("error", "") or "")
-                        if error:
-                            failures.add({"id": row_id, "path": str(row["path"]), "error": error})
-                            failed += 1
-                        else:
-                            row = {k: _to_python(v) for k, v in row.items()}
-                            if on_row is not None:
-                                on_row(row)
-                            results.add(row)
-                            ok += 1
-                        bar.update(1)
-                        bar.set_postfix(ok=ok, failed=failed, refresh=False)
-                stalled = stream.stalled
+            try:
+                with ray_session(address, num_cpus):
+                    timings["ray_start_s"] = time.perf_counter() - start
+                    _quiet_ray_data()
+                    dataset = plan(pending_dataset(todo, rows_per_block))
+                    stream = _OutputStream(dataset, stall_timeout_s)
+                    for batch in stream:
+                        timings.setdefault("first_output_s", time.perf_counter() - start)
+                        for row in _rows(batch):
+                            row_id = str(row["id"])
+                            # A retried task may resend rows that already arrived; keep the first.
+                            if row_id in seen or row_id not in expected:
+                                continue
+                            seen.add(row_id)
+                            error = str(row.pop("error", "") or "")
+                            if error:
+                                failures.add({"id": row_id, "path": str(row["path"]), "error": error})
+                                failed += 1
+                            else:
+                                row = {k: _to_python(v) for k, v in row.items()}
+                                if on_row is not None:
+                                    on_row(row)
+                                results.add(row)
+                                ok += 1
+                            bar.update(1)
+                            bar.set_postfix(ok=ok, failed=failed, refresh=False)
+                    stalled = stream.stalled
+            except Exception as err:  # noqa: BLE001 - recorded below, then re-raised as JobAborted
+                aborted = one_line_error(err)
         # Inputs the plan never returned are failures, never silence; a later run retries them
         # with --retry-failed.
-        reason = (
-            f"not finished: the job made no progress for {stall_timeout_s:g} s (cluster stalled)"
-            if todo and stalled else "no output produced by the job"
-        )
+        if aborted is not None:
+            reason = f"job aborted: {aborted}"
+        elif stalled:
+            reason = f"not finished: the job made no progress for {stall_timeout_s:g} s (cluster stalled)"
+        else:
+            reason = "no output produced by the job"
         for item in todo:
             if item.id not in seen:
                 failures.add({"id": item.id, "path": item.path, "error": reason})
@@ -295,20 +342,111 @@ def run_job(
         results.flush()
         failures.flush()
         bar.close()
+    extra: dict[str, Any] = {k: round(v, 3) for k, v in timings.items()}
+    if plan_todo.replaced:
+        extra["replaced_rows"] = plan_todo.replaced
+    if aborted is not None:
+        extra["aborted"] = aborted
     summary = JobSummary(
         job=name,
         total=len(items),
         ok=ok,
         failed=failed,
-        skipped=skipped,
+        skipped=plan_todo.skipped,
         seconds=time.perf_counter() - start,
         output=str(store.root),
-        extra={k: round(v, 3) for k, v in timings.items()},
+        extra=extra,
     )
     (store.root / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
     # The summary prints even without a progress bar: it is the job's one-line receipt.
     print(summary.line(), file=sys.stderr, flush=True)
+    if aborted is not None:
+        raise JobAborted(f"{name} aborted: {aborted}")
     return summary
+
+
+def _plan_todo(store: OutputStore, items: list[InputItem], resume: bool, retry_failed: bool) -> _Todo:
+    items, unlisted = _split_unencodable(items)
+    listed = items + [item for item, _ in unlisted]
+    ids = {item.id for item in listed}
+    if not resume:
+        replaced = store.drop("results", ids) + store.drop("failures", ids)
+        return _Todo(items, unlisted, skipped=0, replaced=replaced)
+    done, failed_before = store.index("results"), store.index("failures")
+    _check_same_paths(store, listed, done, "results")
+    _check_same_paths(store, listed, failed_before, "failures")
+    replaced = 0
+    if retry_failed:
+        # Only this run's inputs: failures of inputs not listed now must stay on record.
+        retry = ids & failed_before.keys()
+        replaced = store.drop("failures", retry)
+        failed_before = {k: v for k, v in failed_before.items() if k not in retry}
+
+    def pending(item: InputItem) -> bool:
+        return item.id not in done and item.id not in failed_before
+
+    todo = [item for item in items if pending(item)]
+    unlisted = [(item, reason) for item, reason in unlisted if pending(item)]
+    return _Todo(todo, unlisted, skipped=len(listed) - len(todo) - len(unlisted), replaced=replaced)
+
+
+def _check_same_paths(store: OutputStore, items: list[InputItem], recorded: dict[str, str | None], table: str) -> None:
+    """An id in OUTDIR names one file: refuse (as a manifest listing one id twice is refused)
+    rather than skip a different file because its id is already done."""
+    for item in items:
+        if item.id not in recorded:
+            continue
+        path = recorded[item.id]
+        if path is None or path == item.path or os.path.realpath(path) == item.path:
+            continue
+        raise OutputConflictError(
+            f"input id {item.id!r} is {item.path}, but {store.root / table} already holds that id for {path}; "
+            "give the input another id (a manifest id column), use another --output, or --no-resume to redo it"
+        )
+
+
+def _split_unencodable(items: list[InputItem]) -> tuple[list[InputItem], list[tuple[InputItem, str]]]:
+    """Inputs whose id or path is not valid UTF-8 (file names in another encoding, which Python
+    carries as lone surrogates) cannot travel through Arrow: each becomes a failure with a
+    printable id and path (the bad bytes as \\xNN) instead of aborting the job."""
+    good, bad = [], []
+    for item in items:
+        if _encodable(item.id) and _encodable(item.path):
+            good.append(item)
+        else:
+            bad.append((InputItem(id=_printable(item.id), path=_printable(item.path)), "file name is not valid UTF-8"))
+    return good, bad
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _printable(text: str) -> str:
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def check_model(model: str, checkpoint: str | None, family: str) -> None:
+    """Fail on the driver, before Ray starts, for what can be checked without building the
+    model: a model name that is not registered or of the wrong family, a checkpoint that is
+    not a readable file. (A model that fails in its workers aborts the job with JobAborted.)"""
+    from spatiotemporal.models.registry import get_spec, list_models
+
+    try:
+        spec = get_spec(model)
+    except KeyError as err:
+        raise ValueError(err.args[0]) from None
+    if spec.family != family:
+        raise ValueError(f"{model} is a {spec.family} model; this job needs one of: {', '.join(list_models(family))}")
+    if checkpoint is not None:
+        if not os.path.isfile(checkpoint):
+            raise ValueError(f"{checkpoint}: no such checkpoint file")
+        if not os.access(checkpoint, os.R_OK):
+            raise ValueError(f"{checkpoint}: checkpoint is not readable")
 
 
 class _OutputStream:
@@ -360,7 +498,13 @@ def _quiet_ray_data() -> None:
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    data_logger = logging.getLogger("ray.data")
+    data_logger.setLevel(logging.WARNING)
+    # Its console errors are full stack traces of what the job reports itself in one line (a
+    # failed plan becomes JobAborted); the traces stay in the session's ray-data.log.
+    for handler in data_logger.handlers:
+        if type(handler).__name__ != "SessionFileHandler" and isinstance(handler, logging.StreamHandler):
+            handler.setLevel(logging.CRITICAL)
 
 
 def _rows(batch: dict[str, np.ndarray]) -> Iterator[dict[str, Any]]:

@@ -1,8 +1,10 @@
 """Segment many scans: each PLY (or ScanNet scene folder) gets a class for every vertex.
 
 Outputs, besides the shared results/failures tables (one row per scan with per-vertex nyu40 ids
-and per-class counts): `submission/<scene>.txt`, one nyu40 id per vertex in vertex order -- the
-ScanNet benchmark's semantic-label submission format.
+and per-class counts): `submission/<name>.txt`, one nyu40 id per vertex in vertex order -- the
+ScanNet benchmark's semantic-label submission format. `<name>` is the ScanNet scene id for ScanNet
+scenes (`scene0000_00.txt`, as the benchmark expects) and otherwise the input's id made safe for a
+file name (`a/room.ply` -> `a__room.txt`); see `submission_names`.
 
 Scans are large and few, so each is one unit of work for an inference actor that holds the
 model; reading happens in the actor too, to avoid shipping the full cloud between processes.
@@ -10,40 +12,123 @@ model; reading happens in the actor too, to avoid shipping the full cloud betwee
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import time
-from pathlib import Path
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 
-from pipelines.inputs import POINT_EXTENSIONS, InputItem, list_inputs
-from pipelines.job import JobSummary, failure_reason, run_job
+from pipelines.inputs import InputItem, list_inputs
+from pipelines.job import JobSummary, check_model, failure_reason, run_job
+from spatiotemporal.io.points import POINT_FILE_EXTENSIONS, SCANNET_MESH_SUFFIX, is_scannet_scene
+
+# ScanNet's ground truth sits next to its meshes; it is never a scan to segment.
+_GROUND_TRUTH_SUFFIX = ".labels.ply"
+
+
+def is_scene_folder(path: Path) -> bool:
+    """A folder read as one scan: a raw ScanNet scene or a Pointcept-layout scene (coord.npy)."""
+    return path.is_dir() and ((path / "coord.npy").is_file() or is_scannet_scene(path))
+
+
+def _is_scan_file(name: str) -> bool:
+    lower = name.lower()
+    return lower.endswith(POINT_FILE_EXTENSIONS) and not lower.endswith(_GROUND_TRUTH_SUFFIX)
 
 
 def list_scans(source: str | os.PathLike) -> list[InputItem]:
-    """Scene folders (ScanNet raw or preprocessed) under `source` if it holds any, else point files.
-
-    ScanNet's `*.labels.ply` are ground truth, not scans, so they are never inputs.
-    """
-    from spatiotemporal.io.points import is_scannet_scene
-
+    """Every scan under `source`: scene folders at any depth (each one input, its files never
+    inputs of their own) plus point files outside them; `source` may itself be a scene folder.
+    A glob or manifest is listed by `list_inputs`."""
     root = Path(source)
-    if root.is_dir():
-        scenes = sorted(p for p in root.iterdir() if p.is_dir() and (is_scannet_scene(p) or (p / "coord.npy").is_file()))
-        if scenes:
-            return [InputItem(id=p.name, path=str(p.resolve())) for p in scenes]
-    items = list_inputs(source, POINT_EXTENSIONS)
-    return [item for item in items if not item.path.endswith(".labels.ply")]
+    if is_scene_folder(root):
+        # Same id rule as a single file given as input: its resolved path.
+        path = os.path.realpath(root)
+        return [InputItem(id=path, path=path)]
+    if not root.is_dir():
+        # Only ground truth is dropped: a listed file of another type (or a listed scene folder)
+        # must reach the reader, to succeed or become a failure row.
+        items = list_inputs(source, POINT_FILE_EXTENSIONS)
+        return [item for item in items if not item.path.lower().endswith(_GROUND_TRUTH_SUFFIX)]
+    return sorted(_walk_scans(root), key=lambda item: item.id)
 
 
-def scene_name(item_id: str) -> str:
-    name = Path(item_id).name
-    for suffix in POINT_EXTENSIONS:
+def _walk_scans(root: Path) -> Iterable[InputItem]:
+    """Ids are paths relative to `root`, as `list_inputs` gives for a directory."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        scenes = [name for name in dirnames if is_scene_folder(here / name)]
+        # Pruned in place: os.walk then never descends into a scene, so its coord.npy, color.npy
+        # or mesh files are not listed again as scans of their own.
+        dirnames[:] = sorted(set(dirnames) - set(scenes))
+        for name in scenes + [f for f in filenames if _is_scan_file(f)]:
+            path = here / name
+            yield InputItem(id=path.relative_to(root).as_posix(), path=os.path.realpath(path))
+
+
+# --------------------------------------------------------------------------- submission names
+
+_SCANNET_SCENE = re.compile(r"scene\d{4}_\d{2}")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_MAX_NAME = 200  # bytes; file systems allow 255 and ".txt" / ".tmp" suffixes need room
+
+
+def _strip_scan_suffix(name: str) -> str:
+    """`room.ply` -> `room`; a ScanNet mesh `scene0000_00_vh_clean_2.ply` -> `scene0000_00`."""
+    if name.lower().endswith(SCANNET_MESH_SUFFIX):
+        return name[: -len(SCANNET_MESH_SUFFIX)]
+    for suffix in POINT_FILE_EXTENSIONS:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+
+
+def _id_name(item_id: str) -> str:
+    """The whole id as one file name: folders joined by `__`, the point-file suffix dropped."""
+    parts = [p for p in PurePosixPath(item_id.replace("\\", "/")).parts if p not in ("/", ".")]
+    parts[-1:] = [_strip_scan_suffix(parts[-1])] if parts else []
+    name = "__".join(_UNSAFE.sub("_", p) for p in parts if p).lstrip(".") or "scan"
+    if len(name.encode()) > _MAX_NAME:
+        name = f"{name[: _MAX_NAME - 9]}-{_short_hash(item_id)}"
+    return name
+
+
+def _preferred_name(item_id: str) -> str:
+    """ScanNet scenes keep the benchmark's `<scene_id>` name; anything else is named by its whole
+    id, so two runs into one OUTDIR can never overwrite each other's files."""
+    stem = _strip_scan_suffix(PurePosixPath(item_id.replace("\\", "/")).name)
+    return stem if _SCANNET_SCENE.fullmatch(stem) else _id_name(item_id)
+
+
+def _clashing(names: dict[str, str]) -> set[str]:
+    # Case-folded: `Room` and `room` are one file on macOS and Windows file systems.
+    counts = Counter(name.casefold() for name in names.values())
+    return {item_id for item_id, name in names.items() if counts[name.casefold()] > 1}
+
+
+def submission_names(ids: Iterable[str]) -> dict[str, str]:
+    """A distinct submission file stem per id, from the ids alone (so a resumed run names each
+    scan as the first run did).
+
+    Only clashes fall back: a ScanNet scene listed twice (e.g. in two folders) is named by its
+    whole id, and ids whose names still clash (`room.ply` and `room.npy`) get a hash of the id.
+    """
+    names = {item_id: _preferred_name(item_id) for item_id in ids}
+    for item_id in _clashing(names):
+        names[item_id] = _id_name(item_id)
+    for item_id in _clashing(names):
+        names[item_id] = f"{_id_name(item_id)}-{_short_hash(item_id)}"
+    return names
 
 
 class Segmenter:
@@ -108,12 +193,15 @@ def run(
     progress: bool = True,
 ) -> JobSummary:
     """Per-vertex predictions for every scan under `input`."""
+    check_model(model, checkpoint, "points")  # before Ray starts: a bad name or path is one line
     items = list_scans(input)
     submission = Path(output) / "submission"
+    # Named over the whole listing, not just the pending part, so resuming renames nothing.
+    names = submission_names(item.id for item in items)
 
     def write_submission(row: dict[str, Any]) -> None:
         submission.mkdir(parents=True, exist_ok=True)
-        target = submission / f"{scene_name(row['id'])}.txt"
+        target = submission / f"{names[row['id']]}.txt"
         tmp = target.with_suffix(".txt.tmp")
         np.savetxt(tmp, np.asarray(row["nyu40"], dtype=np.int64), fmt="%d")
         os.replace(tmp, target)

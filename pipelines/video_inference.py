@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipelines.inputs import VIDEO_EXTENSIONS, list_inputs
-from pipelines.job import JobSummary, failure_reason, run_job
+from pipelines.job import JobSummary, check_model, failure_reason, run_job
 
 
 def decode_batch(batch: dict[str, np.ndarray], recipe, timeout_s: float) -> dict[str, np.ndarray]:
@@ -188,11 +188,13 @@ def run(
     progress: bool = True,
 ) -> JobSummary:
     """Top-k predictions for every video under `input`, into Parquet shards in `output`."""
-    from spatiotemporal.infer import ClipRecipe, parse_views
+    from spatiotemporal.infer import ClipRecipe, check_topk, parse_views
     from spatiotemporal.models.registry import get_spec
     from spatiotemporal.precision import check_precision
 
     check_precision(precision)  # before any actor starts
+    check_topk(topk)
+    check_model(model, checkpoint, "video")
     spec = get_spec(model)
     recipe = ClipRecipe.from_spec(spec, parse_views(views, spec))
     items = list_inputs(input, VIDEO_EXTENSIONS)

@@ -53,3 +53,13 @@ def pytorchvideo_functional():
     import pytorchvideo.transforms.functional as functional
 
     return functional
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A private local Ray for a test module's jobs (two CPUs, as CI has)."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=512 << 20)
+    yield
+    ray.shutdown()

@@ -12,10 +12,8 @@ import pandas as pd
 import pytest
 import torch
 
-ray = pytest.importorskip("ray")
-
-from pipelines import tokenize, video_inference  # noqa: E402
-from pipelines.job import read_table  # noqa: E402
+from pipelines import tokenize, video_inference
+from pipelines.job import read_table
 
 MODEL = "vivit_tiny"  # the fastest tiny video model on CPU
 
@@ -27,13 +25,6 @@ def make_video(path: Path, seconds: float = 1.6, size: str = "64x48", rate: int 
         check=True,
     )
     return path
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=512 << 20)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from spatiotemporal.precision import PRECISIONS
 
@@ -50,16 +51,16 @@ def _video(args, paths, report, fail) -> None:
 
 def _points(args, paths, report, fail) -> None:
     import time
-    from pathlib import Path
 
-    from spatiotemporal.infer import PointSegmenter, render_top_down, write_labeled_ply
+    from spatiotemporal.infer import PointSegmenter, output_stems, render_top_down, write_labeled_ply
 
+    # Before the model is built: a bad --out should cost nothing and say so in one line.
+    out = _output_folder(args.out) if args.out else None
+    # Named over all inputs up front, so inputs sharing a file name never overwrite each other.
+    stems = output_stems(paths)
     segmenter = PointSegmenter(args.model, args.checkpoint, device=args.device, voxel_size=args.voxel_size,
                                max_fragments=args.max_fragments)
-    out = Path(args.out) if args.out else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-    for path in paths:
+    for path, stem in zip(paths, stems):
         start = time.perf_counter()
         try:
             prediction = segmenter.predict(path)
@@ -69,7 +70,6 @@ def _points(args, paths, report, fail) -> None:
         record = {"path": path, "points": int(len(prediction.segment)), "fragments": prediction.fragments,
                   "counts": prediction.counts(), "seconds": round(time.perf_counter() - start, 2)}
         if out is not None:
-            stem = Path(path).name.rsplit(".", 1)[0]
             record["labeled_ply"] = str(out / f"{stem}.labeled.ply")
             record["png"] = str(out / f"{stem}.png")
             write_labeled_ply(prediction, record["labeled_ply"])
@@ -86,6 +86,18 @@ def _points(args, paths, report, fail) -> None:
                 print(f"  wrote {record['labeled_ply']} and {record['png']}")
 
 
+def _output_folder(out: str) -> Path:
+    """`--out`, created if missing; ValueError (reported as `error: ...`, exit 2) if it cannot be."""
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--out {out} is not a directory")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"--out {out}: cannot create the folder: {err.strerror or err}") from None
+    return folder
+
+
 def _peak_rss_bytes() -> int:
     import resource
 
@@ -95,12 +107,17 @@ def _peak_rss_bytes() -> int:
 def run(args: argparse.Namespace) -> int:
     import json
 
+    from spatiotemporal.infer import check_topk
     from spatiotemporal.models.registry import get_spec
 
     try:
         spec = get_spec(args.model)
+        check_topk(args.topk)
     except KeyError as err:
         print(f"error: {err.args[0]}", file=sys.stderr)
+        return 2
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     results: list[dict] = []
     failures: list[dict] = []
@@ -124,7 +141,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             _video(args, args.paths, report, fail)
     except (CheckpointError, ValueError, RuntimeError) as err:
-        # Raised while building the model (bad checkpoint, bad --views, no CUDA): nothing ran.
+        # Raised before any input ran: building the model (bad checkpoint, bad --views, no CUDA)
+        # or preparing --out.
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.json:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipelines.arguments import add_job_arguments, job_kwargs
+from pipelines.arguments import add_job_arguments, error_types, job_kwargs
 
 HELP = "segment many PLYs / ScanNet scenes on Ray: submission txt + Parquet, resumable"
 
@@ -22,14 +22,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pipelines import point_inference
-    from pipelines.inputs import ManifestError
 
     try:
         summary = point_inference.run(
             args.input, args.output, model=args.model, checkpoint=args.checkpoint, voxel_size=args.voxel_size,
             max_fragments=args.max_fragments, workers=args.workers, device=args.device, **job_kwargs(args),
         )
-    except ManifestError as err:
+    except error_types() as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 1 if summary.failed else 0

@@ -14,12 +14,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipelines.arguments import error_types
     from pipelines.config import run_config
-    from pipelines.inputs import ManifestError
 
     try:
         summary = run_config(args.config, args.overrides)
-    except (ValueError, FileNotFoundError, ManifestError) as err:
+    except error_types() as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 1 if summary.failed else 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipelines.arguments import add_job_arguments, job_kwargs
+from pipelines.arguments import add_job_arguments, error_types, job_kwargs
 
 HELP = "decode clips and scans into model-ready token shards (safetensors) on Ray, resumable"
 
@@ -22,14 +22,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pipelines import tokenize
-    from pipelines.inputs import ManifestError
 
     try:
         summary = tokenize.run(
             args.input, args.output, frames=args.frames, stride=args.stride, size=args.size,
             tubelet=args.tubelet, voxel_size=args.voxel_size, shard_rows=args.shard_rows, **job_kwargs(args),
         )
-    except (ManifestError, ValueError) as err:
+    except error_types() as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 1 if summary.failed else 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipelines.arguments import add_job_arguments, job_kwargs
+from pipelines.arguments import add_job_arguments, error_types, job_kwargs
 from spatiotemporal.precision import PRECISIONS
 
 HELP = "classify many videos on Ray (decode tasks + model actor pool), resumable"
@@ -28,7 +28,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pipelines import video_inference
-    from pipelines.inputs import ManifestError
 
     try:
         summary = video_inference.run(
@@ -36,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
             topk=args.topk, embed=args.embed, workers=args.workers, batch_size=args.batch_size,
             device=args.device, precision=args.precision, timeout_s=args.timeout, **job_kwargs(args),
         )
-    except ManifestError as err:
+    except error_types() as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 1 if summary.failed else 0

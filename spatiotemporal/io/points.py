@@ -1,4 +1,4 @@
-"""Reading point clouds: PLY (binary and ascii), .npy / .pth scene dumps, ScanNet raw scene folders
+"""Reading point clouds: PLY (binary and ascii), .npy / .npz / .pth scene dumps, ScanNet raw scene folders
 and the Pointcept-style preprocessed layout.
 
 A point cloud in memory is a dict of numpy arrays:
@@ -39,6 +39,10 @@ SCANNET_MESH_SUFFIX = "_vh_clean_2.ply"
 SCANNET_LABELS_SUFFIX = "_vh_clean_2.labels.ply"
 SCANNET_SEGS_SUFFIX = "_vh_clean_2.0.010000.segs.json"
 SCANNET_AGGREGATION_SUFFIX = ".aggregation.json"
+
+# Every point-cloud file type `read_points` reads; input listings use this so they never list a
+# file the reader rejects, nor miss one it accepts.
+POINT_FILE_EXTENSIONS = (".ply", ".npy", ".npz", ".pth", ".pt")
 
 # The Pointcept preprocessed layout: file stem -> key in memory.
 PREPROCESSED_FILES = {
@@ -111,6 +115,37 @@ def _stack(vertex, names: tuple[str, ...], dtype) -> np.ndarray:
     return np.stack([np.asarray(vertex[name]) for name in names], axis=1).astype(dtype)
 
 
+_COLOUR_PROPERTIES = ("red", "green", "blue")
+
+
+def _read_ply_colours(path: PathLike, vertex) -> np.ndarray:
+    """(N, 3) float32 colours in 0..255 from the PLY's red/green/blue, whatever their type.
+
+    The PLY format does not fix a colour range, so the declared type decides: uchar is 0..255
+    already, ushort is 0..65535, and float colours in 0..1 (as some exporters write them)
+    are fractions of full intensity. Values still outside 0..255 would reach the model as
+    nonsense features without any error, so they are rejected.
+    """
+    types = {np.dtype(vertex.ply_property(name).val_dtype) for name in _COLOUR_PROPERTIES}
+    if len(types) != 1:
+        # Scaling each channel by its own type would silently mix colour ranges in one pixel.
+        raise PointCloudError(path, f"red/green/blue have different types {sorted(t.name for t in types)}")
+    (dtype,) = types
+    color = _stack(vertex, _COLOUR_PROPERTIES, np.float64)
+    if not np.isfinite(color).all():
+        raise PointCloudError(path, "colour values include NaN or inf")
+    if dtype == np.uint16:
+        color /= 257.0  # 65535 / 257 == 255 exactly: full intensity maps to full intensity
+    elif dtype.kind == "f" and color.min() >= 0.0 and color.max() <= 1.0:
+        color *= 255.0
+    lo, hi = float(color.min()), float(color.max())
+    if lo < 0.0 or hi > 255.0:
+        raise PointCloudError(
+            path, f"{dtype.name} colour values span {lo:g}..{hi:g}, outside 0..255 (or 0..1 for float)"
+        )
+    return color.astype(np.float32)
+
+
 def _triangles(path: PathLike, faces: np.ndarray, num_vertices: int) -> np.ndarray | None:
     """(M, 3) vertex indices of a triangle mesh; None for polygons (normals then come from the
     points). Out-of-range indices are an error: open3d would read past its vertex buffer."""
@@ -128,6 +163,8 @@ def read_ply(path: PathLike, require: tuple[str, ...] = ()) -> dict:
     """Read a PLY point cloud or mesh's vertices (binary or ascii).
 
     Reads x/y/z, red/green/blue, nx/ny/nz and ScanNet's `label` (as `nyu40`) when present.
+    Colours come back in 0..255 whether stored as uchar, ushort or float 0..1 (see
+    `_read_ply_colours`); any other range is a `PointCloudError`.
     `require` names extra vertex properties that must exist (e.g. ("label",) for a labels file).
     Faces, when present, are returned as `faces` (M, 3) int64 so normals can come from the mesh.
     """
@@ -142,7 +179,7 @@ def read_ply(path: PathLike, require: tuple[str, ...] = ()) -> dict:
     try:
         cloud: dict = {"coord": _stack(vertex, ("x", "y", "z"), np.float64)}
         if {"red", "green", "blue"} <= props:
-            cloud["color"] = _stack(vertex, ("red", "green", "blue"), np.float32)
+            cloud["color"] = _read_ply_colours(path, vertex)
         if {"nx", "ny", "nz"} <= props:
             cloud["normal"] = _stack(vertex, ("nx", "ny", "nz"), np.float32)
         if "label" in props:
@@ -283,6 +320,34 @@ def read_npy(path: PathLike) -> dict:
     return validate_cloud(path, _from_columns(path, array))
 
 
+def read_npz(path: PathLike) -> dict:
+    """An `np.savez` scene: named arrays with the names a .pth dict uses (coord, color, normal,
+    segment20, instance, ...), or a single array of xyz[rgb[label]] columns as in a .npy."""
+    try:
+        loaded = np.load(os.fspath(path), allow_pickle=False)
+        if isinstance(loaded, np.ndarray):  # an .npy under an .npz name: np.load goes by content
+            arrays = {"arr_0": loaded}
+        else:
+            with loaded:
+                arrays = {name: loaded[name] for name in loaded.files}
+    except FileNotFoundError:
+        raise PointCloudError(path, "file does not exist") from None
+    except Exception as error:  # zipfile, zlib and numpy raise many types for a corrupt archive
+        raise PointCloudError(path, f"unreadable .npz: {error}") from error
+    cloud = {_PTH_ALIASES[k]: v for k, v in arrays.items() if k in _PTH_ALIASES}
+    if not cloud:
+        if len(arrays) != 1:
+            raise PointCloudError(
+                path, f"a .npz scene needs a 'coord' array or one xyz[rgb[label]] array, found {sorted(arrays)}"
+            )
+        cloud = _from_columns(path, next(iter(arrays.values())))
+    if "segment" in cloud:
+        # Same ignore convention as .pth dumps: any negative label is ignore (-1).
+        segment = np.asarray(cloud["segment"]).astype(np.int64)
+        cloud["segment"] = np.where(segment < 0, -1, segment)
+    return validate_cloud(path, cloud)
+
+
 def read_preprocessed(scene_dir: PathLike) -> dict:
     """One scene of the Pointcept layout: `{scene}/coord.npy, color.npy, normal.npy,
     segment20.npy, instance.npy` (only coord is required)."""
@@ -400,8 +465,8 @@ def is_scannet_scene(path: PathLike) -> bool:
 
 
 def read_points(path: PathLike) -> dict:
-    """Read any supported point cloud: .ply, .npy, .pth, a ScanNet raw scene folder or a
-    preprocessed scene folder."""
+    """Read any supported point cloud: a file of a `POINT_FILE_EXTENSIONS` type, a ScanNet raw
+    scene folder or a preprocessed scene folder."""
     path = Path(path)
     if path.is_dir():
         if (path / "coord.npy").is_file():
@@ -416,9 +481,13 @@ def read_points(path: PathLike) -> dict:
         return read_ply(path)
     if suffix == ".npy":
         return read_npy(path)
+    if suffix == ".npz":
+        return read_npz(path)
     if suffix in (".pth", ".pt"):
         return read_pth(path)
-    raise PointCloudError(path, f"unsupported point cloud format '{suffix}' (use .ply, .npy, .pth)")
+    raise PointCloudError(
+        path, f"unsupported point cloud format '{suffix}' (use {', '.join(POINT_FILE_EXTENSIONS)} or a scene folder)"
+    )
 
 
 # ------------------------------------------------------------------------------------ normals
