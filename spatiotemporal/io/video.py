@@ -263,9 +263,15 @@ def _probe(path: str) -> tuple[VideoMetadata, _FrameIndex]:
         average_rate = stream.average_rate
         first = _first_frame(container, stream, path)
         rotation = int(round(-(first.rotation or 0))) % 360
+        try:
+            container.seek(0)
+        except av.error.FFmpegError:
+            scan = None  # cannot seek (a raw elementary stream): scanned from a fresh open below
+        else:
+            scan = _scan_packets(container, stream, path)
     finally:
         container.close()
-    index, end_pts = _scan_packets_from_start(path)
+    index, end_pts = scan if scan is not None else _scan_packets_from_start(path)
     count = len(index.pts)
     if count == 0:
         raise VideoDecodeError(path, "video stream holds no frames", decoded_frames=0)
