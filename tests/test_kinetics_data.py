@@ -162,6 +162,35 @@ def test_test_sample_holds_every_temporal_and_spatial_view(synthetic):
     assert not torch.equal(views[0], views[3])  # different temporal views
 
 
+# ---- frames resized at decode (to cache them small) ------------------------------------------
+
+
+@pytest.mark.parametrize("num_crops", [1, 3])
+def test_resizing_at_decode_gives_the_same_test_views_to_the_pixel(video_dir, num_crops):
+    """A dataset that has the reader resize frames to the test short side (as a cache of small
+    frames does) hands the model exactly the views evaluation cuts from full-size frames."""
+    from spatiotemporal.data.kinetics import VideoRecord
+
+    record = [VideoRecord("pancake", str(video_dir / "flipping_a_pancake.mkv"), "flipping pancake")]
+    transform = ClipTransform(crop_size=112, test_short_side=128, num_crops=num_crops)
+    clip = ClipSampling(num_frames=8, stride=4, num_clips=2, anchor="slowfast")
+    views = {
+        side: KineticsDataset(record, ClassIndex(("flipping pancake",)), mode="test", clip=clip,
+                              transform=transform, decode_short_side=side)[0]
+        for side in (None, 128)
+    }
+    assert views[None]["error"] == views[128]["error"] == ""
+    assert views[None]["video"].shape == (2 * num_crops, 3, 8, 112, 112)
+    assert torch.equal(views[128]["video"], views[None]["video"])
+
+
+def test_resizing_test_frames_at_decode_to_another_size_is_refused(video_dir):
+    """Two resizes (to 160, then to 128) are not one: a cache at another size would change the
+    views evaluation sees, so the dataset says so instead."""
+    with pytest.raises(ValueError, match="decode_short_side=160 would resize test frames twice"):
+        KineticsDataset([], ClassIndex(("a",)), mode="test",
+                        transform=ClipTransform(crop_size=112, test_short_side=128), decode_short_side=160)
+
 def test_target_fps_sampling(synthetic):
     clip = ClipSampling(num_frames=4, stride=1, target_fps=5.0)  # every other frame of a 10 fps video
     dataset = KineticsDataset.from_csv(synthetic / "train.csv", synthetic, transform=SMALL, clip=clip, seed=0)

@@ -49,7 +49,7 @@ def test_reads_the_real_livingroom_fragment(points_dir):
     assert out["color"].dtype == np.float32 and out["color"].max() <= 255
     np.testing.assert_array_equal(out["coord"][:, 0], np.asarray(reference["x"], np.float32))
     np.testing.assert_array_equal(out["color"][:, 2], np.asarray(reference["blue"], np.float32))
-    assert "normal" not in out and "nyu40" not in out
+    assert "normal" not in out and "label" not in out and "nyu40" not in out
 
 
 def test_binary_and_ascii_ply_read_the_same(tmp_path):
@@ -69,7 +69,18 @@ def test_reads_scannet_ushort_label_property(tmp_path):
     write_ply(tmp_path / "labels.ply", data, alpha=True, label_key="nyu40")
     header = (tmp_path / "labels.ply").read_bytes()[:400]
     assert b"property uchar alpha\nproperty ushort label\n" in header
-    np.testing.assert_array_equal(read_ply(tmp_path / "labels.ply")["nyu40"], data["nyu40"])
+    out = read_ply(tmp_path / "labels.ply")
+    np.testing.assert_array_equal(out["label"], data["nyu40"])
+
+
+def test_a_ply_label_property_is_read_as_label_whatever_its_ids_mean(tmp_path):
+    # A PLY does not say which label set its `label` ids come from (infer writes class indices
+    # for heads that are not ScanNet's), so the reader names the property, not a label set.
+    data = {**cloud(), "label": np.arange(50) % 25}
+    write_ply(tmp_path / "classes.ply", data, label_key="label")
+    out = read_ply(tmp_path / "classes.ply")
+    np.testing.assert_array_equal(out["label"], np.arange(50) % 25)
+    assert out["label"].dtype == np.int64 and "nyu40" not in out
 
 
 def test_unreadable_ply_names_the_file_and_the_reason(tmp_path):

@@ -119,6 +119,21 @@ def test_outputs_are_invariant_to_translating_the_cloud(name):
     torch.testing.assert_close(a, b, atol=2e-3, rtol=1e-3)
 
 
+@pytest.mark.parametrize("name", TINY)
+def test_a_cloud_of_duplicated_points_is_segmented_like_any_other(name):
+    """Scans repeat points (merged frames, quantised sensors); the downsampling levels must still
+    hold the number of points their offsets promise. Cloud 0 is ten copies of one point."""
+    coord = torch.cat([torch.full((10, 3), 0.5), room(seed=4)[0][:200]])
+    g = torch.Generator().manual_seed(0)
+    feat = torch.rand(len(coord), 6, generator=g)
+    model = build(name)
+    with torch.no_grad():
+        out = model(coord, feat, torch.tensor([10, len(coord)]))
+        alone = model(coord[:10], feat[:10], torch.tensor([10]))
+    assert out.shape == (210, 20) and torch.isfinite(out).all()
+    torch.testing.assert_close(out[:10], alone, atol=1e-4, rtol=1e-4)
+
+
 def test_stratified_classifier_starts_from_the_references_init_unless_asked_for_pytorchs():
     torch.manual_seed(3)
     reference = create_model("stratified_transformer_tiny")
@@ -171,6 +186,23 @@ def test_activation_checkpointing_gives_the_same_outputs_and_gradients(name):
     assert grads_a.keys() == grads_b.keys() and all(g is not None for g in grads_b.values())
     flat_a, flat_b = (torch.cat([g.flatten() for g in grads.values()]) for grads in (grads_a, grads_b))
     assert ((flat_b - flat_a).norm() / flat_a.norm()).item() < 1e-5
+
+
+def test_activation_checkpointing_updates_point_transformer_batch_norm_statistics_once_per_step():
+    coord, color, normal = room(seed=3)
+    offset = torch.tensor([len(coord)])
+    stats = []
+    for checkpointed in (False, True):
+        torch.manual_seed(5)
+        model = create_model("point_transformer_tiny", grad_checkpointing=checkpointed).train()
+        out = model(coord, features(model, coord, color, normal), offset)
+        torch.nn.functional.cross_entropy(out, torch.arange(len(coord)) % 20).backward()
+        stats.append({n: b.clone() for n, b in model.named_buffers()})
+    plain, checkpointed = stats
+    assert {int(v) for n, v in checkpointed.items() if n.endswith("num_batches_tracked")} == {1}
+    assert plain.keys() == checkpointed.keys()
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], atol=0, rtol=0, msg=name)
 
 
 def test_vector_attention_matches_the_per_point_formula():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import open3d as o3d
 import pytest
@@ -104,6 +106,18 @@ def test_farthest_point_sampling_matches_the_textbook_loop_per_cloud(backend):
         assert (picks[m0:m1] - s0).tolist() == sorted(naive_fps(cloud, m1 - m0, first))
 
 
+@pytest.mark.parametrize("backend", ["open3d", "torch"])
+def test_farthest_point_sampling_repeats_the_first_point_when_a_cloud_has_too_few_distinct_locations(backend):
+    # Cloud 0: six copies of the origin and two other points (3 locations, 4 picks asked);
+    # cloud 1: ten copies of one point (1 location, 3 picks asked).
+    points = torch.cat([torch.tensor([[0.0, 0, 0]] * 6 + [[1.0, 0, 0], [0.0, 1, 0]]), torch.full((10, 3), 2.0)])
+    offset, new_offset = torch.tensor([8, 18]), torch.tensor([4, 7])
+    picks = ops.farthest_point_sampling(points, offset, new_offset, backend=backend)
+    assert picks.tolist() == [0, 0, 6, 7, 8, 8, 8]  # exactly what new_offset promises, per cloud
+    first = int((points[:8] - points[:8].mean(0)).norm(dim=1).argmax())
+    assert picks[:4].tolist() == sorted(naive_fps(points[:8], 4, first))
+
+
 def test_farthest_point_sampling_backends_agree_on_a_training_sized_cloud():
     torch.manual_seed(4)
     points = torch.rand(8000, 3) * torch.tensor([6.0, 5.0, 2.5])
@@ -178,3 +192,55 @@ def test_an_unknown_backend_is_refused_by_knn_and_farthest_point_sampling_alike(
         ops.knn_query(4, points, offset, backend="pointops")
     with pytest.raises(ValueError, match="backend must be 'auto', 'open3d' or 'torch', got 'pointops'"):
         ops.farthest_point_sampling(points, offset, torch.tensor([3]), backend="pointops")
+
+
+def test_single_thread_blocks_in_two_threads_take_turns_and_leave_the_thread_count_as_it_was():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    a_inside, release_a, b_inside = threading.Event(), threading.Event(), threading.Event()
+    seen: dict[str, int] = {}
+
+    def a():
+        with ops.single_thread():
+            seen["a"] = torch.get_num_threads()
+            a_inside.set()
+            release_a.wait(10)
+
+    def b():
+        a_inside.wait(10)
+        with ops.single_thread():
+            seen["b"] = torch.get_num_threads()
+            b_inside.set()
+
+    threads = [threading.Thread(target=a), threading.Thread(target=b)]
+    try:
+        for t in threads:
+            t.start()
+        assert a_inside.wait(10)
+        assert not b_inside.wait(0.3)  # b's block waits for a's to end
+        release_a.set()
+        for t in threads:
+            t.join(10)
+        assert seen == {"a": 1, "b": 1}
+        fresh: list[int] = []
+        t = threading.Thread(target=lambda: fresh.append(torch.get_num_threads()))
+        t.start()
+        t.join()
+        # This thread and a thread started afterwards both have the two threads set before.
+        assert (torch.get_num_threads(), fresh) == (2, [2])
+    finally:
+        release_a.set()
+        torch.set_num_threads(previous)
+
+
+def test_single_thread_blocks_nest_in_one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with ops.single_thread():
+            with ops.single_thread():
+                assert torch.get_num_threads() == 1
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)

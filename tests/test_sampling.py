@@ -197,3 +197,49 @@ def test_time_past_the_end_repeats_the_last_frame():
 def test_time_past_the_end_can_loop():
     stamps = np.arange(10) / 10.0
     assert S.clip_at_time(stamps, 0.0, 4, 1, 2.0, pad="loop").tolist() == [0, 5, 0, 5]
+
+
+def _slowfast_reference_views(num_video_frames, num_frames, stride, num_clips, video_fps, target_fps=30):
+    """SlowFast's `decode` with TARGET_FPS written out: a clip spans num_frames * stride frames at
+    the target rate, `get_start_end_idx` (use_offset=False) places it, `temporal_sampling` takes
+    a float32 linspace over it, clamped and truncated."""
+    import torch
+
+    clip_size = stride * num_frames / target_fps * video_fps
+    delta = max(num_video_frames - clip_size, 0)
+    views = []
+    for i in range(num_clips):
+        start = delta * i / num_clips
+        index = torch.linspace(start, start + clip_size - 1, num_frames)
+        views.append(torch.clamp(index, 0, num_video_frames - 1).long().tolist())
+    return views
+
+
+def test_slowfast_resamples_a_25_fps_video_to_30_fps():
+    views = S.uniform_clips(300, 8, 32, 3, anchor="slowfast", fps=(25.0, 30.0))
+    assert views.tolist() == _slowfast_reference_views(300, 8, 32, 3, 25.0)
+    # 8 x 32 frames at 30 fps are 8.53 s: 213 frames of a 25 fps video, not 256.
+    assert views[0, -1] == 212
+
+
+def test_slowfast_resampling_leaves_a_30_fps_video_as_it_is():
+    assert np.array_equal(S.uniform_clips(300, 8, 8, 10, anchor="slowfast", fps=(30.0, 30.0)),
+                          S.uniform_clips(300, 8, 8, 10, anchor="slowfast"))
+
+
+def test_slowfast_offset_resampling_floors_the_step_of_the_scaled_slack():
+    # MViTv2 (USE_OFFSET_SAMPLING) on 250 frames at 60 fps: the clip spans 64 * 60 / 30 = 128
+    # frames, delta = 122, starts i * floor(122 / 4) = 30 i, frames linspace(s, s + 127, 16).
+    views = S.uniform_clips(250, 16, 4, 5, anchor="slowfast_offset", fps=(60.0, 30.0))
+    assert views[:, 0].tolist() == [0, 30, 60, 90, 120]
+    assert views[0, -1] == 127
+
+
+def test_a_video_of_unknown_frame_rate_is_not_resampled():
+    assert np.array_equal(S.uniform_clips(300, 8, 8, 3, anchor="slowfast", fps=(float("nan"), 30.0)),
+                          S.uniform_clips(300, 8, 8, 3, anchor="slowfast"))
+
+
+def test_only_slowfast_anchors_resample_frame_rates():
+    with pytest.raises(ValueError, match="does not resample"):
+        S.uniform_clips(300, 8, 8, 3, anchor="mmaction2", fps=(25.0, 30.0))

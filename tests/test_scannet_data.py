@@ -112,3 +112,11 @@ def test_test_mode_dataset_items_are_named_fragments(raw_root, tmp_path):
 def test_dataset_over_a_missing_split_is_an_error(tmp_path):
     with pytest.raises(PointCloudError, match="split folder does not exist"):
         scannet.ScanNetDataset(tmp_path, "val")
+
+
+def test_a_half_written_scene_left_by_an_interrupted_prepare_is_not_a_scene(raw_root, tmp_path):
+    cloud = scannet.preprocess_raw_scene(raw_root / "scene0000_00")
+    write_preprocessed(tmp_path / "train" / "scene0000_00", cloud)
+    # `prepare scannet` writes here first and renames when done; a killed run leaves it behind.
+    write_preprocessed(tmp_path / "train" / ".scene0001_00.partial", cloud)
+    assert scannet.ScanNetDataset(tmp_path, "train").scenes == ["scene0000_00"]

@@ -114,3 +114,50 @@ def test_thread_guard_restores_the_thread_count_after_an_error():
     except RuntimeError:
         pass
     assert torch.get_num_threads() == previous
+
+
+def finishes_within(seconds: float, body) -> bool:
+    """Run `body` in a daemon thread; whether it ended in time (a hang must fail, not stall the suite)."""
+    import threading
+
+    worker = threading.Thread(target=body, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    return not worker.is_alive()
+
+
+def test_thread_guard_nests_in_one_thread():
+    def nested():
+        with spconv_threads(torch.device("cpu")), spconv_threads(torch.device("cpu")):
+            assert torch.get_num_threads() == 1
+
+    assert finishes_within(10.0, nested)
+
+
+def test_thread_guard_and_single_thread_in_two_threads_take_turns_without_deadlock():
+    # One thread inside point_ops.single_thread enters the spconv guard while another thread is
+    # entering the guard from outside: with two locks taken in opposite orders, each would wait
+    # for the other's forever.
+    import threading
+
+    from spatiotemporal.layers.point_ops import single_thread
+
+    inside = threading.Event()
+
+    def ops_then_spconv():
+        with single_thread():
+            inside.set()
+            threading.Event().wait(0.2)  # let the other thread reach the guard meanwhile
+            with spconv_threads(torch.device("cpu")):
+                pass
+
+    def spconv_only():
+        inside.wait()
+        with spconv_threads(torch.device("cpu")):
+            pass
+
+    first = threading.Thread(target=ops_then_spconv, daemon=True)
+    first.start()
+    assert finishes_within(10.0, spconv_only)
+    first.join(10.0)
+    assert not first.is_alive()

@@ -75,6 +75,41 @@ def test_three_crop_goes_top_centre_bottom_on_portrait():
         assert torch.equal(crop, clip[..., top : top + 320, :])
 
 
+def test_mmaction2_three_crop_rounds_down_and_steps_twice_the_centre_offset():
+    # mmaction2's ThreeCrop on a 256x341 frame, crop 224: slack 117 along the width, so the
+    # centre starts at 117 // 2 = 58 and the last crop at 2 * 58 = 116, one pixel short of the
+    # edge; the short side is centred at (256 - 224) // 2 = 16. SlowFast would use 59 and 117.
+    clip = torch.randint(0, 255, (3, 2, 256, 341), dtype=torch.uint8)
+    crops = T.three_crop(clip, 224, geometry="mmaction2")
+    for crop, left in zip(crops, (0, 58, 116)):
+        assert torch.equal(crop, clip[..., 16:240, left : left + 224])
+    assert torch.equal(T.center_crop(clip, 224, geometry="mmaction2"), crops[1])
+
+
+def test_mmaction2_three_crop_on_portrait_frames_goes_down_the_height():
+    clip = torch.randint(0, 255, (3, 2, 341, 256), dtype=torch.uint8)
+    crops = T.three_crop(clip, 224, geometry="mmaction2")
+    for crop, top in zip(crops, (0, 58, 116)):
+        assert torch.equal(crop, clip[..., top : top + 224, 16:240])
+
+
+def test_short_side_sizes_round_the_long_side_as_each_reference_does():
+    # 340x256 to a short side of 224: 340 * 224 / 256 = 297.5. SlowFast floors it; mmcv's
+    # rescale_size (mmaction2's Resize(scale=(-1, 224))) adds 0.5 and truncates.
+    assert T.short_side_size(256, 340, 224) == (224, 297)
+    assert T.short_side_size(256, 340, 224, "mmaction2") == (224, 298)
+    assert T.short_side_size(340, 256, 224, "mmaction2") == (298, 224)
+
+
+def test_the_test_recipe_sizes_and_places_views_by_its_geometry():
+    clip = torch.randint(0, 255, (2, 256, 340, 3), dtype=torch.uint8)
+    recipe = T.ClipTransform(crop_size=224, geometry="mmaction2", mean=(0.0,) * 3, std=(1.0,) * 3)
+    views = recipe.test(clip)
+    scaled = T.short_side_scale(T.frames_to_clip(clip), 224, geometry="mmaction2")
+    assert scaled.shape[-2:] == (224, 298)
+    assert torch.equal(views, T.to_float(T.three_crop(scaled, 224, geometry="mmaction2")))
+
+
 def test_center_crop_rounds_the_offset_up():
     clip = torch.arange(25.0).view(1, 1, 5, 5)
     assert T.center_crop(clip, 2).flatten().tolist() == [12.0, 13.0, 17.0, 18.0]

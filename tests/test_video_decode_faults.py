@@ -231,6 +231,9 @@ def test_raw_h264_is_probed(raw_h264):
     metadata = probe_video(raw_h264)
     assert (metadata.num_frames, metadata.width, metadata.height) == (RAW_FRAMES, 128, 96)
     assert metadata.codec == "h264"
+    # The rate its SPS declares (12 fps), not the raw demuxer's default of 25; no timestamps,
+    # so the duration is frames over rate.
+    assert (metadata.fps, metadata.duration) == (12.0, RAW_FRAMES / 12.0)
 
 
 def test_raw_h264_decodes_like_ffmpeg_with_pyav(raw_h264):

@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 
 import video_fixtures as vf
 from spatiotemporal.io.errors import VideoDecodeError
-from spatiotemporal.io.video import VideoReader, probe_video, read_video, resize_short_side
+from spatiotemporal.io.video import VideoReader, probe_video, read_video, resize, resize_short_side
 
 BACKENDS = ("decord", "pyav", "torchcodec")
 
@@ -233,14 +234,17 @@ def test_every_rotation_matches_ffmpeg_autorotate(generated, degrees, backend):
     assert torch.equal(frames, ffmpeg_frames(path))
 
 
-def test_short_side_resize_matches_torchvision_antialiased_bilinear(video_dir):
-    from torchvision.transforms.v2 import functional as TF
-
+def test_short_side_resize_is_evaluations_bilinear_without_antialiasing(video_dir):
+    """The reader resizes as SlowFast's test code does (and as `ClipTransform.test` does): uint8
+    to float in [0, 1], bilinear without antialiasing, rounded back; the long side floored."""
     path = video_dir / "flipping_a_pancake.mkv"
     full = read_video(path)[:40]
     small = read_video(path, short_side=112)[:40]
-    assert small.shape == (40, 112, 198, 3)  # 426 * 112 / 240 = 198.8, truncated like torchvision
-    expected = TF.resize(full.permute(0, 3, 1, 2), [112, 198], antialias=True).permute(0, 2, 3, 1)
+    assert small.shape == (40, 112, 198, 3)  # 426 / 240 * 112 = 198.8, floored
+    expected = F.interpolate(
+        full.permute(0, 3, 1, 2).float() / 255, size=(112, 198), mode="bilinear", align_corners=False, antialias=False
+    )
+    expected = expected.mul(255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
     assert torch.equal(small, expected)
 
 
@@ -252,14 +256,22 @@ def test_resize_is_one_shared_step_so_backends_stay_identical(video_dir, backend
     assert torch.equal(frames, resize_short_side(ffmpeg_frames(path), 160))
 
 
-def test_resize_works_on_uint8_without_a_float_round_trip():
-    frames = torch.randint(0, 256, (2, 30, 40, 3), dtype=torch.uint8)
-    out = resize_short_side(frames, 15)
-    expected = F.interpolate(
-        frames.permute(0, 3, 1, 2).float(), size=(15, 20), mode="bilinear", antialias=True, align_corners=False
-    ).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
-    assert out.dtype == torch.uint8 and out.shape == (2, 15, 20, 3)
-    assert (out.int() - expected.int()).abs().max() <= 1  # the uint8 kernel rounds its own way
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("size", [(30, 40), (240, 426)])  # outputs under and over torch's 128-pixel switch
+def test_resizing_frames_a_few_at_a_time_changes_no_pixel(size, threads):
+    """The reader resizes a batch a few frames at a time, the transforms a whole clip at once, and
+    torch's kernel would round some planes differently by how many it gets: `resize` hides that."""
+    frames = torch.randint(0, 256, (21, *size, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        in_groups = resize_short_side(frames, size[0] // 2)  # 16 frames, then 5
+        at_once = rearrange(resize(rearrange(frames, "t h w c -> c t h w"), (size[0] // 2, size[1] // 2)), "c t h w -> t h w c")
+        one_by_one = torch.cat([resize_short_side(frame[None], size[0] // 2) for frame in frames])
+    finally:
+        torch.set_num_threads(previous)
+    assert in_groups.shape == (21, size[0] // 2, size[1] // 2, 3)
+    assert torch.equal(in_groups, at_once) and torch.equal(in_groups, one_by_one)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,6 +294,40 @@ def test_variable_rate_video_exposes_its_real_timestamps(generated):
         # Index 25 is the frame shown at 4.5 s, whatever backend serves it.
         assert torch.equal(reader.get_frames([25]), ffmpeg_frames(path, [25]))
 
+
+
+def index_coded_clip(out: Path, frames: int = 24, fps: int = 12) -> Path:
+    """A clip whose frame i is flat grey at luma 16 + 8 i, so a decoded frame tells its own index
+    (`coded_index`). Keyframes every 8 frames with B-frames; the container is `out`'s suffix, and
+    a `.h264` suffix makes a raw elementary stream: no container, no timestamps."""
+    source = f"nullsrc=size=64x48:rate={fps},format=yuv420p,geq=lum='16+8*N':cb=128:cr=128"
+    subprocess.run(
+        [vf.FFMPEG, "-v", "error", "-y", "-f", "lavfi", "-i", source, "-frames:v", str(frames),
+         "-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "8", "-bf", "2", str(out)],
+        check=True, stdin=subprocess.DEVNULL,
+    )
+    return out
+
+
+def coded_index(frames: torch.Tensor) -> list[int]:
+    """The index each frame of `index_coded_clip` shows: rgb24 grey is (luma - 16) * 255 / 219."""
+    grey = frames.float().mean(dim=(1, 2, 3))
+    return [int(i) for i in torch.round(grey * 219 / 255 / 8)]
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".h264"])
+def test_target_fps_sampling_picks_the_frames_shown_at_those_times(tmp_path, suffix):
+    """12 fps resampled to 4 fps takes every third frame, whether the times come from the
+    container's timestamps (mp4) or, for a raw stream that has none, from the stream's rate."""
+    from spatiotemporal.data.sampling import uniform_clips_at_fps
+
+    path = index_coded_clip(tmp_path / f"clip{suffix}", frames=24, fps=12)
+    with VideoReader(path, backend="pyav") as reader:
+        assert (reader.metadata.fps, reader.metadata.duration) == (12.0, 2.0)
+        np.testing.assert_allclose(reader.frame_timestamps(), np.arange(24) / 12.0, atol=1e-9)
+        clips = uniform_clips_at_fps(reader.frame_timestamps(), num_frames=4, stride=1, target_fps=4.0, num_clips=2)
+        shown = coded_index(reader.get_frames(clips.reshape(-1)))
+    assert shown == [0, 3, 6, 9, 12, 15, 18, 21]  # two 1 s clips, at 0 s and at 1 s
 
 # ---------------------------------------------------------------------------------------------
 # decord's faults: hangs (its leak, and memory over many reads: test_video_memory.py)

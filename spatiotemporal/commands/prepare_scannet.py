@@ -3,7 +3,8 @@
 
 Scenes run as Ray tasks. A scene is written to a temporary folder and renamed into place when
 complete, so a finished folder means a finished scene and a rerun skips it. Scenes that fail are
-listed in `OUT/failures.csv` (scene, path, reason) and the job goes on.
+listed in `OUT/failures.csv` (scene, path, reason) and the job goes on; so are scenes a split list
+names but RAW does not hold, so an incomplete download cannot pass for a complete one.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ SPLITS = ("train", "val", "test")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("raw", help="ScanNet root: scene folders in RAW/scans/ or RAW/ itself")
+    parser.add_argument("raw", help="ScanNet root: scene folders in RAW/scans/ and RAW/scans_test/ "
+                                    "(the official layout), or in RAW/ itself")
     parser.add_argument("out", help="output root of the preprocessed layout")
     parser.add_argument(
         "--splits-from",
@@ -27,9 +29,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=None, help="Ray CPUs (default: all)")
 
 
+# The official download puts train/val scenes in scans/ and the test scenes in scans_test/.
+SCAN_FOLDERS = ("scans", "scans_test")
+
+
+def scene_roots(raw: Path) -> list[Path]:
+    """Where scene folders live: RAW/scans/ and RAW/scans_test/ where they exist, else RAW itself."""
+    roots = [raw / name for name in SCAN_FOLDERS if (raw / name).is_dir()]
+    return roots or [raw]
+
+
 def find_scenes(raw: Path) -> list[Path]:
-    root = raw / "scans" if (raw / "scans").is_dir() else raw
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("scene"))
+    """Scene folders under every root of `scene_roots`, by scene id (then root, for a scene id
+    found twice)."""
+    found = [p for root in scene_roots(raw) for p in root.iterdir() if p.is_dir() and p.name.startswith("scene")]
+    return sorted(found, key=lambda p: (p.name, str(p)))
+
+
+def expected_scene_dir(raw: Path, scene: str, split: str) -> Path:
+    """Where the official layout keeps a listed scene (for naming one that is missing)."""
+    if scene_roots(raw) == [raw]:
+        return raw / scene
+    return raw / ("scans_test" if split == "test" else "scans") / scene
 
 
 def scene_splits(raw: Path, splits_from: Path | None) -> dict[str, str]:
@@ -102,17 +123,28 @@ def run(args: argparse.Namespace) -> int:
     failed_in_run = 0
     todo: list[tuple[Path, Path]] = []
     skipped = 0
+    seen: dict[str, Path] = {}
     for scene_dir in find_scenes(raw):
         split = splits.get(scene_dir.name)
         if split is None:
             failures.append((scene_dir.name, str(scene_dir), "not listed in any scannetv2_{train,val,test}.txt"))
             continue
+        if scene_dir.name in seen:
+            failures.append((scene_dir.name, str(scene_dir), f"found twice: also {seen[scene_dir.name]}, which is used"))
+            continue
+        seen[scene_dir.name] = scene_dir
         target = out / split / scene_dir.name
         if (target / "coord.npy").is_file():
             skipped += 1
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         todo.append((scene_dir, target))
+    # A listed scene that is nowhere under RAW would otherwise just be absent from OUT.
+    missing = sorted(scene for scene in splits if scene not in seen)
+    searched = ", ".join(str(root) for root in scene_roots(raw))
+    for scene in missing:
+        where = expected_scene_dir(raw, scene, splits[scene])
+        failures.append((scene, str(where), f"listed in scannetv2_{splits[scene]}.txt but not found in {searched}"))
 
     started_ray = not ray.is_initialized()
     if started_ray and todo:
@@ -142,6 +174,11 @@ def run(args: argparse.Namespace) -> int:
 
     failure_file = write_failures(out, failures)
     written = len(todo) - failed_in_run
-    print(f"prepared {written} scenes, skipped {skipped} already done, {len(failures)} failed (see {failure_file})")
+    failed = len(failures) - len(missing)
+    summary = f"prepared {written} scenes, skipped {skipped} already done, {failed} failed"
+    if missing:
+        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        summary += f", {len(missing)} listed but missing ({shown})"
+    print(f"{summary} (see {failure_file})")
     # Non-zero when anything failed, so scripts notice; everything else is written regardless.
     return 0 if not failures else 1

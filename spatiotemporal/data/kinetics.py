@@ -262,13 +262,15 @@ class DatasetReport:
 @dataclass(frozen=True)
 class ClipSampling:
     """Which frames make a clip, as data: T frames every `stride` (at `target_fps` when set);
-    testing takes `num_clips` views placed as `anchor` places them."""
+    testing takes `num_clips` views placed as `anchor` places them, at `anchor_fps` for the
+    SlowFast anchors (their TARGET_FPS frame-rate resampling) when set."""
 
     num_frames: int = 8
     stride: int = 8
     target_fps: float | None = None
     num_clips: int = 10
     anchor: sampling.Anchor = "mmaction2"
+    anchor_fps: float | None = None
 
 
 class KineticsDataset(torch.utils.data.Dataset):
@@ -282,6 +284,12 @@ class KineticsDataset(torch.utils.data.Dataset):
     A broken video in training is replaced by a random other one (`skip_broken`, the error
     text rides along in the sample) or raises; in testing it comes back with zero views and
     its error set, for the evaluator to count.
+
+    `decode_short_side` has the reader resize frames as they are decoded, so frames held in a
+    cache are small. The reader resizes with the transforms' own function (`io.video.resize`),
+    so in testing, where it must equal the test short side, the views are the very pixels the
+    full-size path makes. Any other size would resize twice (to it, then to the test size), and
+    two bilinear passes with a rounding to uint8 between them are not one; testing refuses it.
     """
 
     def __init__(
@@ -300,6 +308,12 @@ class KineticsDataset(torch.utils.data.Dataset):
     ):
         if mode not in ("train", "test"):
             raise ValueError(f"mode must be 'train' or 'test', got {mode!r}")
+        test_short_side = transform.test_short_side or transform.crop_size
+        if mode == "test" and decode_short_side not in (None, test_short_side):
+            raise ValueError(
+                f"decode_short_side={decode_short_side} would resize test frames twice (then to "
+                f"{test_short_side}) and change the views; use {test_short_side} or None"
+            )
         self.classes = classes
         self.mode = mode
         self.clip = clip
@@ -404,7 +418,8 @@ class KineticsDataset(torch.utils.data.Dataset):
             return sampling.uniform_clips_at_fps(stamps, c.num_frames, c.stride, c.target_fps, c.num_clips)
         if self.mode == "train":
             return sampling.random_clip(len(reader), c.num_frames, c.stride, rng=rng)
-        return sampling.uniform_clips(len(reader), c.num_frames, c.stride, c.num_clips, anchor=c.anchor)
+        fps = (reader.metadata.fps, c.anchor_fps) if c.anchor_fps is not None else None
+        return sampling.uniform_clips(len(reader), c.num_frames, c.stride, c.num_clips, anchor=c.anchor, fps=fps)
 
     def _load(self, index: int, rng: np.random.Generator) -> torch.Tensor:
         record = self.records[index]

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-PER_POINT_KEYS = ("coord", "color", "normal", "segment", "instance", "nyu40", "grid_coord", "index")
+PER_POINT_KEYS = ("coord", "color", "normal", "segment", "instance", "nyu40", "label", "grid_coord", "index")
 
 Cloud = dict[str, torch.Tensor]
 

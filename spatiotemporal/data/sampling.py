@@ -15,6 +15,11 @@ padding of the anchor whose view placement it reproduces.
 
 With a target fps, sampling goes by timestamp: sample k of a clip is the frame shown at time
 `start + k * stride / target_fps`, so variable-frame-rate videos are sampled evenly in time.
+
+SlowFast (and so TimeSformer and MViTv2) also resamples every video to its `TARGET_FPS` (30), but
+in frame indices: a clip spans `num_frames * stride * video_fps / target_fps` frames of the video,
+a fractional span its linspace placement takes as it is. `uniform_clips(..., fps=(video, target))`
+reproduces that; a 30 fps video is unchanged, a 25 fps one spans 5/6 as many frames.
 """
 
 from __future__ import annotations
@@ -140,6 +145,7 @@ def uniform_clips(
     *,
     anchor: Anchor = "mmaction2",
     pad: Padding | None = None,
+    fps: tuple[float, float] | None = None,
 ) -> np.ndarray:
     """All temporal test views: (num_clips, num_frames) indices, evenly spaced over the video.
 
@@ -148,11 +154,22 @@ def uniform_clips(
     which for its float start (or a span that `num_frames - 1` does not divide) is not exactly
     `start + k * stride`; that placement is reproduced here so that evaluating a SlowFast-trained
     model sees the frames it was tested on.
+
+    `fps` = (the video's frame rate, the rate the anchor resamples to) scales the span as SlowFast's
+    `TARGET_FPS` does; only the SlowFast anchors resample, and a video of unknown rate is not scaled.
     """
     if anchor not in _ANCHOR_PADDING:
         raise ValueError(f"unknown anchor {anchor!r}; expected one of {sorted(_ANCHOR_PADDING)}")
     pad = pad or _ANCHOR_PADDING[anchor]
     span = test_span(num_frames, stride, anchor)
+    if fps is not None:
+        if anchor not in _LINSPACE_FRAMES:
+            raise ValueError(f"the {anchor!r} anchor does not resample frame rates; only SlowFast's do")
+        video_fps, target_fps = fps
+        if not target_fps > 0:
+            raise ValueError(f"target fps must be positive, got {target_fps}")
+        if video_fps > 0:  # NaN or 0 (unknown): the frames are taken as they are
+            span = span * video_fps / target_fps
     if anchor in _LINSPACE_FRAMES:
         if anchor == "slowfast":
             delta = max(num_video_frames - span, 0)

@@ -93,7 +93,8 @@ def preprocess_raw_scene(scene_dir: str | Path) -> dict:
     (no labels.ply), each object's raw category is mapped to nyu40 through the tsv instead.
     """
     raw = read_scannet_scene(scene_dir)
-    cloud = {"coord": raw["coord"], "color": raw["color"]}
+    # The origin rides along so a far-off scene keeps its georeference (`origin.npy`).
+    cloud = {"coord": raw["coord"], "color": raw["color"], "origin": raw["origin"]}
     cloud["normal"] = estimate_normals(raw)
     if "nyu40" in raw:
         cloud["segment"] = nyu40_to_segment20(raw["nyu40"])
@@ -105,6 +106,13 @@ def preprocess_raw_scene(scene_dir: str | Path) -> dict:
     if not np.isfinite(cloud["normal"]).all():
         raise PointCloudError(scene_dir, "normal estimation produced non-finite values")
     return cloud
+
+
+def is_prepared_scene(folder: Path) -> bool:
+    """A finished scene folder of the preprocessed layout. `prepare scannet` writes each scene
+    into a hidden `.{scene}.partial` folder first, which an interrupted run leaves behind
+    half-written; hidden folders are never scenes."""
+    return not folder.name.startswith(".") and (folder / "coord.npy").is_file()
 
 
 class ScanNetDataset:
@@ -131,7 +139,7 @@ class ScanNetDataset:
         if scenes is None:
             if not split_dir.is_dir():
                 raise PointCloudError(split_dir, "split folder does not exist")
-            scenes = sorted(p.name for p in split_dir.iterdir() if (p / "coord.npy").is_file())
+            scenes = sorted(p.name for p in split_dir.iterdir() if is_prepared_scene(p))
         self.scenes = list(scenes)
         if not self.scenes:
             raise PointCloudError(split_dir, "no preprocessed scenes (no */coord.npy)")

@@ -9,8 +9,11 @@ dimensions and accepts any leading dimensions, uint8 or float, so one call trans
 batch of clips or a stack of views with one set of random parameters. Randomness comes from an
 explicit `np.random.Generator`, so a dataset can make clips reproducible per (seed, epoch, index).
 
-Geometry follows SlowFast/pytorchvideo: bilinear resizing without antialiasing
+Geometry follows SlowFast/pytorchvideo by default: bilinear resizing without antialiasing
 (`align_corners=False`), short sides scaled with the long side floored, centre offsets rounded up.
+Test views can instead be sized and placed as mmaction2 does (`geometry="mmaction2"`: long side
+rounded, offsets rounded down), for the models that were tested with it.
+The resize itself is `io.video.resize`, the one the reader uses when it resizes at decode.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from einops import rearrange
+
+from spatiotemporal.io.video import Geometry, resize, short_side_size
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -79,32 +83,12 @@ def normalize(
 
 
 # ---- resizing --------------------------------------------------------------------------------
+# `resize` and `short_side_size` live with the reader (io.video), which resizes at decode when a
+# dataset caches frames small: one implementation, so cached and uncached clips are the same pixels.
 
 
-def resize(x: torch.Tensor, size: Size, antialias: bool = False) -> torch.Tensor:
-    """Bilinear resize of the last two dims to `size` (h, w); uint8 comes back rounded uint8."""
-    out_h, out_w = _pair(size)
-    *lead, h, w = x.shape
-    if (h, w) == (out_h, out_w):
-        return x
-    # All leading dims become channels of one image, so a whole clip is resized in one call.
-    flat = to_float(x).reshape(1, -1, h, w) if x.dtype == torch.uint8 else x.reshape(1, -1, h, w)
-    out = F.interpolate(flat, size=(out_h, out_w), mode="bilinear", align_corners=False, antialias=antialias)
-    out = out.reshape(*lead, out_h, out_w)
-    if x.dtype == torch.uint8:
-        return out.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
-    return out
-
-
-def short_side_size(height: int, width: int, size: int) -> tuple[int, int]:
-    """(h, w) with the short side equal to `size` and the long side floored, as SlowFast does."""
-    if width < height:
-        return int(math.floor(height / width * size)), size
-    return size, int(math.floor(width / height * size))
-
-
-def short_side_scale(x: torch.Tensor, size: int, antialias: bool = False) -> torch.Tensor:
-    return resize(x, short_side_size(x.shape[-2], x.shape[-1], size), antialias=antialias)
+def short_side_scale(x: torch.Tensor, size: int, antialias: bool = False, geometry: Geometry = "slowfast") -> torch.Tensor:
+    return resize(x, short_side_size(x.shape[-2], x.shape[-1], size, geometry), antialias=antialias)
 
 
 def random_short_side_scale(
@@ -125,30 +109,40 @@ def crop(x: torch.Tensor, top: int, left: int, height: int, width: int) -> torch
     return x[..., top : top + height, left : left + width]
 
 
-def uniform_crop(x: torch.Tensor, size: int, spatial_idx: int) -> torch.Tensor:
+def uniform_crop(x: torch.Tensor, size: int, spatial_idx: int, geometry: Geometry = "slowfast") -> torch.Tensor:
     """One of three crops along the long side: 0 = left/top, 1 = centre, 2 = right/bottom.
 
-    Portrait frames are cut top/centre/bottom and landscape ones left/centre/right, as in
-    SlowFast's `uniform_crop`; the centre offset is rounded up.
+    Portrait frames are cut top/centre/bottom and landscape ones left/centre/right.
+    "slowfast" (SlowFast's `uniform_crop`) rounds centre offsets up and puts the last crop at the
+    far edge. "mmaction2" (its `ThreeCrop` and `CenterCrop`) rounds them down, and steps twice
+    that centre offset for the last crop, which stops one pixel short of the edge when the slack
+    is odd.
     """
     if spatial_idx not in (0, 1, 2):
         raise ValueError(f"spatial_idx must be 0, 1 or 2, got {spatial_idx}")
     height, width = x.shape[-2:]
-    top, left = int(math.ceil((height - size) / 2)), int(math.ceil((width - size) / 2))
-    if height > width:
-        top = {0: 0, 1: top, 2: height - size}[spatial_idx]
+    if geometry == "slowfast":
+        top, left = int(math.ceil((height - size) / 2)), int(math.ceil((width - size) / 2))
+        last_top, last_left = height - size, width - size
+    elif geometry == "mmaction2":
+        top, left = (height - size) // 2, (width - size) // 2
+        last_top, last_left = 2 * top, 2 * left
     else:
-        left = {0: 0, 1: left, 2: width - size}[spatial_idx]
+        raise ValueError(f"unknown geometry {geometry!r}; expected 'slowfast' or 'mmaction2'")
+    if height > width:
+        top = {0: 0, 1: top, 2: last_top}[spatial_idx]
+    else:
+        left = {0: 0, 1: left, 2: last_left}[spatial_idx]
     return crop(x, top, left, size, size)
 
 
-def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
-    return uniform_crop(x, size, 1)
+def center_crop(x: torch.Tensor, size: int, geometry: Geometry = "slowfast") -> torch.Tensor:
+    return uniform_crop(x, size, 1, geometry)
 
 
-def three_crop(x: torch.Tensor, size: int) -> torch.Tensor:
-    """The three SlowFast test crops stacked on a new leading dim: (3, ..., size, size)."""
-    return torch.stack([uniform_crop(x, size, i) for i in range(3)])
+def three_crop(x: torch.Tensor, size: int, geometry: Geometry = "slowfast") -> torch.Tensor:
+    """The three test crops (left/top, centre, right/bottom) on a new leading dim: (3, ..., size, size)."""
+    return torch.stack([uniform_crop(x, size, i, geometry) for i in range(3)])
 
 
 def random_crop(x: torch.Tensor, size: Size, rng: np.random.Generator) -> torch.Tensor:
@@ -407,7 +401,8 @@ def mixup_cutmix(
 class ClipTransform:
     """A model's preprocessing, as data. Train: random short-side scale (or random resized crop),
     random crop, flip, optional RandAugment. Test: short side to `test_short_side`, then
-    `num_crops` crops (1 = centre, 3 = SlowFast's three crops). Both end normalised, float."""
+    `num_crops` crops (1 = centre, 3 = three along the long side), sized and placed by the test
+    protocol's `geometry`. Both end normalised, float."""
 
     crop_size: int = 224
     train_short_side: tuple[int, int] = (256, 320)
@@ -419,6 +414,7 @@ class ClipTransform:
     num_crops: int = 3
     mean: tuple[float, float, float] = KINETICS_MEAN
     std: tuple[float, float, float] = KINETICS_STD
+    geometry: Geometry = "slowfast"
 
     def train(self, frames: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         """uint8 (T, H, W, C) -> float (C, T, crop, crop)."""
@@ -436,11 +432,11 @@ class ClipTransform:
 
     def test(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 (T, H, W, C) -> float (num_crops, C, T, crop, crop)."""
-        clip = short_side_scale(frames_to_clip(frames), self.test_short_side or self.crop_size)
+        clip = short_side_scale(frames_to_clip(frames), self.test_short_side or self.crop_size, geometry=self.geometry)
         if self.num_crops == 1:
-            views = center_crop(clip, self.crop_size).unsqueeze(0)
+            views = center_crop(clip, self.crop_size, self.geometry).unsqueeze(0)
         elif self.num_crops == 3:
-            views = three_crop(clip, self.crop_size)
+            views = three_crop(clip, self.crop_size, self.geometry)
         else:
             raise ValueError(f"num_crops must be 1 or 3, got {self.num_crops}")
         return normalize(views, self.mean, self.std)

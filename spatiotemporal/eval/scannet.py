@@ -216,13 +216,16 @@ def predict_scene(model, cloud: dict, grid_size: float, max_fragments: int | Non
     protocol, and how many fragments were predicted.
 
     `cloud`: per-point arrays or tensors as read (coord, colour 0..255, and normals if the model
-    takes them). It is shifted floor to z = 0 and xy-centred, then voxelized at `grid_size` into
-    test fragments that together cover every point; each is centred, colour-normalised and
-    predicted with the model's own input features, and the softmax is summed back onto the points
-    (`FragmentVoter`). `augmentations` (None: one pass as the scene is) transform the centred scene
-    before voxelizing, one pass each, all voting together; `pointcept_test_augmentations()` is
-    Pointcept's set, what its published numbers use. `max_fragments` (None or 0 = all) caps the
-    fragments of each pass for speed; points then uncovered take their voxel's vote.
+    takes them). Coordinates relative to the cloud's `origin`, as the readers hold them, are what
+    keeps a georeferenced scan's points apart in float32; the origin itself plays no part, since
+    the scene is shifted floor to z = 0 and xy-centred anyway. It is then voxelized at
+    `grid_size` into test fragments that together cover every point; each is centred,
+    colour-normalised and predicted with the model's own input features, and the softmax is
+    summed back onto the points (`FragmentVoter`). `augmentations` (None: one pass as the scene
+    is) transform the centred scene before voxelizing, one pass each, all voting together;
+    `pointcept_test_augmentations()` is Pointcept's set, what its published numbers use.
+    `max_fragments` (None or 0 = all) caps the fragments of each pass for speed; points then
+    uncovered take their voxel's vote.
     """
     import torch
 

@@ -3,11 +3,18 @@ and the Pointcept-style preprocessed layout.
 
 A point cloud in memory is a dict of numpy arrays:
 
-- `coord` (N, 3) float32, metres;
+- `coord` (N, 3) float32, metres, relative to `origin`;
+- `origin` (3,) float64, metres: where `coord`'s zero lies in the file's own coordinates, so a
+  point's position as the file gives it is `origin + coord`. Zero for every cloud whose bounding
+  box is centred within `ORIGIN_STEP` of zero (indoor scans, ScanNet, sensor-frame fragments),
+  whose coordinates are then the file's bit for bit; see `validate_cloud`;
 - `color` (N, 3) float32 in 0..255 (float because color augmentations produce fractional
   values; it is stored as uint8 on disk, as Pointcept does);
 - optional `normal` (N, 3) float32;
 - optional `nyu40` (N,) int64, the raw ScanNet label (0 = unannotated);
+- optional `label` (N,) int64, a PLY's per-vertex `label` property as stored: what its ids mean
+  is the file's business (a ScanNet labels.ply holds nyu40 ids, which `read_scannet_scene`
+  returns as `nyu40`; `infer --out` writes nyu40 ids or class indices and says which);
 - optional `segment` (N,) int64, 20-class benchmark ids 0..19 and -1 for ignore;
 - optional `instance` (N,) int64, -1 where a point belongs to no object;
 - from meshes, `faces` (M, 3) int64; from ScanNet scenes, `instance_category` (the raw
@@ -26,6 +33,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -53,11 +61,31 @@ PREPROCESSED_FILES = {
     "instance": "instance",
 }
 
-_PER_POINT_INT_KEYS = ("nyu40", "segment", "instance")
+_PER_POINT_INT_KEYS = ("nyu40", "label", "segment", "instance")
+
+# float32 carries 24 significant bits: a georeferenced scan (UTM eastings near 5e5 m, northings
+# near 5e6 m) held as it is would be resolved to 3-50 cm, merging neighbouring points. Coordinates
+# are therefore held relative to an `origin`, moved in whole steps of this many metres onto the
+# bounding box's centre, per axis, whenever that centre lies farther than one step from it. The
+# points then lie within one step plus half the cloud's extent of zero, where float32 resolves
+# 8 um or better for a room-sized cloud. Whole metres, so that `origin` reads as round numbers.
+ORIGIN_STEP = 64.0
+
+
+def _origin_shift(coord: np.ndarray) -> np.ndarray:
+    """(3,) float64: how far to move the origin so `coord` lies near it; zero when it already does
+    (so reading a cloud twice, or validating one a reader returned, moves nothing)."""
+    centre = (coord.min(0).astype(np.float64) + coord.max(0).astype(np.float64)) / 2
+    return np.where(np.abs(centre) > ORIGIN_STEP, ORIGIN_STEP * np.round(centre / ORIGIN_STEP), 0.0)
 
 
 def validate_cloud(path: PathLike, cloud: dict) -> dict:
-    """Check the invariants every reader promises and normalise dtypes; returns `cloud`."""
+    """Check the invariants every reader promises and normalise dtypes; returns `cloud`.
+
+    Coordinates arrive in whatever precision the file holds (float64 for georeferenced scans);
+    they are moved near zero in float64 (`_origin_shift`, recorded in `origin`, which a cloud may
+    already carry) and only then cast to float32.
+    """
     if "coord" not in cloud:
         raise PointCloudError(path, "no coordinates")
     coord = np.asarray(cloud["coord"])
@@ -72,7 +100,15 @@ def validate_cloud(path: PathLike, cloud: dict) -> dict:
             path, f"{len(bad)} points have NaN or inf coordinates (first at index {bad[0]})"
         )
     n = len(coord)
+    origin = np.asarray(cloud.get("origin", np.zeros(3)), dtype=np.float64)
+    if origin.shape != (3,) or not np.isfinite(origin).all():
+        raise PointCloudError(path, f"'origin' must be 3 finite numbers, got {origin!r}")
+    shift = _origin_shift(coord)
+    if shift.any():
+        coord = coord.astype(np.float64) - shift
+        origin = origin + shift
     cloud["coord"] = coord.astype(np.float32, copy=False)
+    cloud["origin"] = origin
     for key in ("color", "normal"):
         if key in cloud:
             value = np.asarray(cloud[key])
@@ -162,7 +198,8 @@ def _triangles(path: PathLike, faces: np.ndarray, num_vertices: int) -> np.ndarr
 def read_ply(path: PathLike, require: tuple[str, ...] = ()) -> dict:
     """Read a PLY point cloud or mesh's vertices (binary or ascii).
 
-    Reads x/y/z, red/green/blue, nx/ny/nz and ScanNet's `label` (as `nyu40`) when present.
+    Reads x/y/z (in float64 whatever their stored type, see `validate_cloud` for `origin`),
+    red/green/blue, nx/ny/nz and a `label` property (as `label`, ids as stored) when present.
     Colours come back in 0..255 whether stored as uchar, ushort or float 0..1 (see
     `_read_ply_colours`); any other range is a `PointCloudError`.
     `require` names extra vertex properties that must exist (e.g. ("label",) for a labels file).
@@ -183,7 +220,7 @@ def read_ply(path: PathLike, require: tuple[str, ...] = ()) -> dict:
         if {"nx", "ny", "nz"} <= props:
             cloud["normal"] = _stack(vertex, ("nx", "ny", "nz"), np.float32)
         if "label" in props:
-            cloud["nyu40"] = np.asarray(vertex["label"]).astype(np.int64)
+            cloud["label"] = np.asarray(vertex["label"]).astype(np.int64)
         names = [element.name for element in ply.elements]
         if "face" in names and ply["face"].count:
             faces = _triangles(path, ply["face"].data, vertex.count)
@@ -203,15 +240,21 @@ def write_ply(
     label_key: str | None = None,
     colors: np.ndarray | None = None,
 ) -> None:
-    """Write `cloud` as a PLY: float xyz, uchar rgb (+ alpha), normals when the cloud has them,
+    """Write `cloud` as a PLY: xyz, uchar rgb (+ alpha), normals when the cloud has them,
     and a ushort `label` from `cloud[label_key]`. Without normals this is ScanNet's vh_clean_2 /
     labels.ply vertex layout. `colors` overrides the stored rgb (labels.ply files carry a label
-    palette instead)."""
+    palette instead).
+
+    The coordinates written are the file's own, `origin + coord`: float where float holds them
+    exactly (every cloud read with a zero origin), double otherwise (a georeferenced one), since
+    float would round a UTM northing to half a metre."""
     import plyfile
 
-    coord = np.asarray(cloud["coord"], dtype=np.float32)
+    origin = np.asarray(cloud.get("origin", np.zeros(3)), dtype=np.float64)
+    coord = np.asarray(cloud["coord"], dtype=np.float64) + origin
     n = len(coord)
-    fields: list[tuple[str, str]] = [("x", "f4"), ("y", "f4"), ("z", "f4")]
+    xyz = "f4" if np.array_equal(coord.astype(np.float32), coord) else "f8"
+    fields: list[tuple[str, str]] = [("x", xyz), ("y", xyz), ("z", xyz)]
     rgb = colors if colors is not None else cloud.get("color")
     if rgb is not None:
         fields += [("red", "u1"), ("green", "u1"), ("blue", "u1")]
@@ -350,12 +393,13 @@ def read_npz(path: PathLike) -> dict:
 
 def read_preprocessed(scene_dir: PathLike) -> dict:
     """One scene of the Pointcept layout: `{scene}/coord.npy, color.npy, normal.npy,
-    segment20.npy, instance.npy` (only coord is required)."""
+    segment20.npy, instance.npy` (only coord is required), plus this library's `origin.npy` for
+    a cloud `write_preprocessed` was given with a non-zero origin."""
     scene_dir = Path(scene_dir)
     if not (scene_dir / "coord.npy").is_file():
         raise PointCloudError(scene_dir, "not a preprocessed scene: coord.npy is missing")
     cloud = {}
-    for stem, key in PREPROCESSED_FILES.items():
+    for stem, key in {**PREPROCESSED_FILES, "origin": "origin"}.items():
         file = scene_dir / f"{stem}.npy"
         if file.is_file():
             try:
@@ -366,10 +410,19 @@ def read_preprocessed(scene_dir: PathLike) -> dict:
 
 
 def write_preprocessed(scene_dir: PathLike, cloud: dict) -> None:
-    """Write the Pointcept layout; colors as uint8 and labels as int16, as Pointcept stores them."""
+    """Write the Pointcept layout; colors as uint8 and labels as int16, as Pointcept stores them.
+
+    coord.npy holds float32 coordinates relative to the cloud's `origin`; a non-zero origin goes
+    to `origin.npy` (float64), which Pointcept does not know: the scene trains the same without
+    it (models see centred coordinates), and `read_preprocessed` restores the origin from it."""
     scene_dir = Path(scene_dir)
     scene_dir.mkdir(parents=True, exist_ok=True)
     np.save(scene_dir / "coord.npy", np.asarray(cloud["coord"], np.float32))
+    origin = np.asarray(cloud.get("origin", np.zeros(3)), np.float64)
+    if origin.any():
+        np.save(scene_dir / "origin.npy", origin)
+    else:
+        (scene_dir / "origin.npy").unlink(missing_ok=True)  # a stale one would move the new scene
     if "color" in cloud:
         color = np.clip(np.rint(cloud["color"]), 0, 255).astype(np.uint8)
         np.save(scene_dir / "color.npy", color)
@@ -447,12 +500,12 @@ def read_scannet_scene(scene_dir: PathLike) -> dict:
     labels_file = scene_dir / f"{scene}{SCANNET_LABELS_SUFFIX}"
     if labels_file.is_file():
         labels = read_ply(labels_file, require=("label",))
-        if len(labels["nyu40"]) != n:
+        if len(labels["label"]) != n:
             raise PointCloudError(
                 labels_file,
-                f"label count {len(labels['nyu40'])} does not match the mesh's {n} vertices",
+                f"label count {len(labels['label'])} does not match the mesh's {n} vertices",
             )
-        cloud["nyu40"] = labels["nyu40"]
+        cloud["nyu40"] = labels["label"]  # ScanNet's labels.ply: the `label` ids are nyu40 ids
     instances = read_scannet_instances(scene_dir, n)
     if instances is not None:
         cloud["instance"], cloud["instance_category"] = instances
@@ -493,13 +546,47 @@ def read_points(path: PathLike) -> dict:
 # ------------------------------------------------------------------------------------ normals
 
 
-def estimate_normals(cloud: dict, radius: float = 0.1, max_nn: int = 30) -> np.ndarray:
-    """Unit normals with open3d: from the mesh faces when the cloud has them (as ScanNet's
-    reference preprocessing does), otherwise by local PCA, oriented towards a viewpoint above
-    the scene's centre because indoor surfaces face into the room."""
+# A perspective sensor sees nothing this far off its viewing direction (depth cameras: 35-45 deg).
+_SENSOR_HALF_ANGLE_DEG = 80.0
+# One sensor frame hides nothing; an RGB-D fragment fused over a short trajectory hides a few
+# per cent (livingroom_fragment.ply: 8%). Rooms in world coordinates, seen from an origin outside
+# them, hide a third and more (the near wall covers the far one).
+_SENSOR_MAX_HIDDEN = 0.2
+
+
+def estimate_normals(
+    cloud: dict, radius: float = 0.1, max_nn: int = 30, viewpoint: Sequence[float] | None = None
+) -> np.ndarray:
+    """Unit normals (N, 3) float32, each pointing to the side its surface was seen from.
+
+    No axis is taken to be "up". Which side was seen is decided by what is known, in this order:
+
+    1. a mesh (`faces`): the faces' winding (counter-clockwise seen from the front), through
+       open3d's vertex normals, as ScanNet's reference preprocessing and Pointcept's take them;
+    2. `viewpoint`, the sensor position, when the caller knows it: every normal faces it;
+    3. a cloud in its sensor's own frame, as a depth camera or one RGB-D fragment delivers it
+       (livingroom_fragment.ply): the sensor is the frame's zero, and every normal faces it. Such
+       a cloud is recognised by what that zero sees (`_seen_from_origin`): every point lies in
+       front of it, within a perspective field of view, and hardly any hides behind a nearer one;
+    4. otherwise (a scene fused in world coordinates): towards the cloud's centroid. Every surface
+       that bounds the cloud, a room's floor, walls and ceiling, then faces into the room whatever
+       the axes; a surface inside the room faces the centroid, which is right for the sides of
+       furniture turned to the middle of the room and wrong for those turned away (give the
+       `viewpoint` or the mesh where that matters).
+
+    Positions, `viewpoint` and the frame's zero among them, are the file's own coordinates,
+    `origin + coord`, so the answer does not depend on where the reader put `origin`.
+
+    Normals of point clouds come from local PCA over at most `max_nn` neighbours within `radius`
+    (metres). A point with fewer than two neighbours there has no surface to fit; its normal
+    points straight at the viewpoint.
+    """
     import open3d as o3d
 
+    # Geometry is fitted relative to `origin`, where the coordinates are small; only the sensor
+    # test needs positions in the file's frame, and gets them in float64.
     coord = np.asarray(cloud["coord"], dtype=np.float64)
+    origin = np.asarray(cloud.get("origin", np.zeros(3)), dtype=np.float64)
     if "faces" in cloud:
         mesh = o3d.geometry.TriangleMesh(
             o3d.utility.Vector3dVector(coord), o3d.utility.Vector3iVector(cloud["faces"].astype(np.int32))
@@ -509,12 +596,66 @@ def estimate_normals(cloud: dict, radius: float = 0.1, max_nn: int = 30) -> np.n
         if np.isfinite(normals).all() and len(normals) == len(coord):
             return normals
     pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(coord))
+    # Each point, then its two nearest neighbours: the sampling density, and where a plane fits.
+    search = o3d.core.nns.NearestNeighborSearch(o3d.core.Tensor(coord))
+    search.knn_index()
+    nearest = np.sqrt(search.knn_search(o3d.core.Tensor(coord), min(3, len(coord)))[1].numpy())
+    if viewpoint is not None:
+        eye = np.asarray(viewpoint, dtype=np.float64).reshape(3) - origin
+    elif len(coord) >= 3 and _seen_from_origin(coord + origin, nearest[:, 1], radius):
+        eye = -origin
+    else:
+        eye = coord.mean(0)
     pcd.estimate_normals(o3d.geometry.KDTreeSearchParamHybrid(radius=radius, max_nn=max_nn))
-    lo, hi = coord.min(0), coord.max(0)
-    viewpoint = np.array([(lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, lo[2] + 0.6 * (hi[2] - lo[2])])
-    pcd.orient_normals_towards_camera_location(viewpoint)
-    normals = np.asarray(pcd.normals, dtype=np.float32)
-    # Isolated points get a zero normal from open3d; give them "up" rather than NaN downstream.
-    bad = ~np.isfinite(normals).all(1) | (np.linalg.norm(normals, axis=1) < 0.5)
-    normals[bad] = (0.0, 0.0, 1.0)
-    return normals
+    pcd.orient_normals_towards_camera_location(eye)
+    normals = np.asarray(pcd.normals, dtype=np.float64)
+    # open3d fits no plane to fewer than three points (itself and two neighbours) and answers
+    # (0, 0, 1) for them: an axis, not a surface.
+    unfitted = nearest[:, 2] > radius if len(coord) >= 3 else np.ones(len(coord), dtype=bool)
+    unfitted |= ~np.isfinite(normals).all(1) | (np.linalg.norm(normals, axis=1) < 0.5)
+    if unfitted.any():
+        towards = eye - coord[unfitted]
+        length = np.linalg.norm(towards, axis=1, keepdims=True)
+        # A point at the viewpoint itself has no direction to it; any unit vector will do.
+        normals[unfitted] = np.where(length > 0, towards / np.where(length > 0, length, 1.0), (1.0, 0.0, 0.0))
+    return normals.astype(np.float32)
+
+
+def _seen_from_origin(coord: np.ndarray, spacing: np.ndarray, radius: float) -> bool:
+    """Whether the cloud looks as one sensor at the origin sees a scene: every point in front of
+    it within `_SENSOR_HALF_ANGLE_DEG` of the mean viewing direction, and at most
+    `_SENSOR_MAX_HIDDEN` of the points behind a nearer one on the same line of sight. `spacing`
+    is each point's distance to its nearest neighbour.
+
+    Lines of sight are binned at three times the angular spacing of the points (so each bin holds
+    a small patch of surface), and a point is hidden when it lies more than `radius` plus 2% of
+    its distance (the depth a patch seen at a slant spans within a bin) behind its bin's nearest.
+    """
+    distance = np.linalg.norm(coord, axis=1)
+    if distance.min() <= 0:
+        return False
+    rays = coord / distance[:, None]
+    axis = rays.mean(0)
+    if np.linalg.norm(axis) < 1e-6:
+        return False
+    axis /= np.linalg.norm(axis)
+    off_axis = np.arccos(np.clip(rays @ axis, -1.0, 1.0))
+    if off_axis.max() > np.radians(_SENSOR_HALF_ANGLE_DEG):
+        return False
+    # Azimuthal equidistant coordinates around the axis: angles stay angles out to the edge.
+    side = np.cross(axis, (1.0, 0.0, 0.0) if abs(axis[0]) < 0.9 else (0.0, 1.0, 0.0))
+    side /= np.linalg.norm(side)
+    across = np.cross(axis, side)
+    azimuth = np.arctan2(rays @ across, rays @ side)
+    plane = off_axis[:, None] * np.stack([np.cos(azimuth), np.sin(azimuth)], axis=1)
+    step = 3.0 * float(np.median(spacing / distance))
+    if not step > 0:
+        return False
+    cells = np.floor(plane / step).astype(np.int64)
+    cells -= cells.min(0)
+    _, bin_of = np.unique(cells[:, 0] * (cells[:, 1].max() + 1) + cells[:, 1], return_inverse=True)
+    bin_of = bin_of.reshape(-1)
+    nearest = np.full(bin_of.max() + 1, np.inf)
+    np.minimum.at(nearest, bin_of, distance)
+    hidden = distance > nearest[bin_of] * 1.02 + radius
+    return float(hidden.mean()) <= _SENSOR_MAX_HIDDEN

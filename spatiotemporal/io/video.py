@@ -9,7 +9,11 @@ Why the work is split the way it is:
   same picture whichever decoder serves it.
 - Colour conversion is left to each decoder's plain rgb24 path (swscale without resizing), which
   is bit-identical across the three libraries. Resizing is not: each library carries a different
-  swscale build and flags. So resizing happens once, here, in torch, after decode.
+  swscale build and flags. So resizing happens once, here, in torch, after decode, by `resize`:
+  the library's only resize, which the video transforms call too, so frames resized at decode
+  (to cache them small) equal what the test transform makes of full-size frames.
+- Raw elementary streams carry no timestamps; their frames are timed by the rate the bitstream
+  declares (frame i at i / fps), never by packet ordinals.
 - decord and torchcodec rotate by themselves; PyAV does not, so its frames are rotated here.
 - A keyframe is only a safe place to start decoding if it decodes on its own. That is checked
   once per file (one keyframe decoded after a seek); where it fails, decoders that cannot be
@@ -29,6 +33,7 @@ Why the work is split the way it is:
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import threading
@@ -36,7 +41,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import av
 import numpy as np
@@ -51,6 +56,10 @@ BACKENDS = ("auto", "decord", "pyav", "torchcodec")
 
 # Frames per step in whole-video reads: bounds the full-resolution copies alive at once.
 _CHUNK = 32
+# Frames per resize step: bounds the float copies (a 720p frame is 11 MB in float); 16 frames
+# are 48 planes, a whole number of `_PLANE_GROUP`s, so they need no padding.
+_RESIZE_CHUNK = 16
+_PLANE_GROUP = 16
 
 T = TypeVar("T")
 
@@ -83,6 +92,7 @@ class _FrameIndex:
     keyframe_pts: np.ndarray  # int64, sorted: the container's keyframes
     time_base: Fraction
     has_all_pts: bool  # False when some packets carry no timestamp (then decode by order)
+    timestamped: bool  # False when packets lack timestamps (raw elementary streams): ordinals stand in
     packet_durations: np.ndarray  # int64, per frame in presentation order
     x264_build: int | None  # from the encoder's SEI in the first packet, when x264 wrote it
 
@@ -197,6 +207,7 @@ def _scan_packets(container: av.container.InputContainer, stream, path: str) -> 
         keyframe_pts=np.sort(np.asarray(keys or order[:1], dtype=np.int64)),
         time_base=stream.time_base or Fraction(1, 1),
         has_all_pts=not missing_pts and len(np.unique(order)) == len(order),
+        timestamped=not missing_pts,
         packet_durations=np.asarray(durations, dtype=np.int64)[ranking],
         x264_build=x264_build,
     )
@@ -262,6 +273,7 @@ def _probe(path: str) -> tuple[VideoMetadata, _FrameIndex]:
         stream_duration = float(stream.duration * stream.time_base) if stream.duration else None
         average_rate = stream.average_rate
         first = _first_frame(container, stream, path)
+        declared_rate = stream.codec_context.framerate  # from the bitstream, once a frame decoded
         rotation = int(round(-(first.rotation or 0))) % 360
         try:
             container.seek(0)
@@ -281,17 +293,23 @@ def _probe(path: str) -> tuple[VideoMetadata, _FrameIndex]:
             f"truncated: the container declares {declared} frames but holds data for {count}",
             decoded_frames=_count_decodable(path),
         )
-    tb = float(index.time_base)
-    if stream_duration is None:
-        stream_duration = (end_pts - int(index.pts[0])) * tb if end_pts > index.pts[0] else None
-    if average_rate:
-        fps = float(average_rate)
-    elif stream_duration:
-        fps = count / stream_duration
-    else:
-        fps = float("nan")
-    if stream_duration is None:
+    if not index.timestamped:
+        # Ordinals stand in for the missing timestamps, so neither they nor the end they imply
+        # measure time: the frame rate does.
+        fps = _untimed_frame_rate(declared_rate, index, average_rate)
         stream_duration = count / fps if fps == fps else (container_duration or 0.0)
+    else:
+        if stream_duration is None:
+            start = int(index.pts[0])
+            stream_duration = (end_pts - start) * float(index.time_base) if end_pts > start else None
+        if average_rate:
+            fps = float(average_rate)
+        elif stream_duration:
+            fps = count / stream_duration
+        else:
+            fps = float("nan")
+        if stream_duration is None:
+            stream_duration = count / fps if fps == fps else (container_duration or 0.0)
     width, height = (stored_h, stored_w) if rotation in (90, 270) else (stored_w, stored_h)
     metadata = VideoMetadata(
         path=path,
@@ -307,6 +325,22 @@ def _probe(path: str) -> tuple[VideoMetadata, _FrameIndex]:
         frame_count_derived=declared == 0,
     )
     return metadata, index
+
+
+def _untimed_frame_rate(declared: Fraction | None, index: _FrameIndex, average_rate: Fraction | None) -> float:
+    """Frames per second of a stream whose packets carry no timestamps (a raw elementary stream).
+
+    The rate the bitstream declares (H.264's VUI timing, MPEG-4's VOL) comes first, then the
+    packet durations ffmpeg's parser derives from the same headers; the demuxer's average rate
+    comes last, because for raw streams it is only the demuxer's default (25 for .h264).
+    NaN when none is known.
+    """
+    if declared and float(declared) > 0:
+        return float(declared)
+    durations = index.packet_durations[index.packet_durations > 0]
+    if len(durations):
+        return 1.0 / (float(np.median(durations)) * float(index.time_base))
+    return float(average_rate) if average_rate else float("nan")
 
 
 def _first_frame(container, stream, path: str) -> av.VideoFrame:
@@ -372,23 +406,76 @@ def rotate_frames(frames: torch.Tensor, rotation: int) -> torch.Tensor:
     return torch.rot90(frames, k=-(rotation // 90), dims=(1, 2)).contiguous()
 
 
-def short_side_size(height: int, width: int, short_side: int) -> tuple[int, int]:
-    """Output (height, width) with the short side at `short_side`, the long side truncated like
-    torchvision's Resize."""
-    if height <= width:
-        return short_side, int(short_side * width / height)
-    return int(short_side * height / width), short_side
+# How a code base sizes and places its test views: "slowfast" (SlowFast, pytorchvideo, TimeSformer,
+# MViT) or "mmaction2" (mmcv's resize and mmaction2's crops, which Video Swin was tested with).
+Geometry = Literal["slowfast", "mmaction2"]
+
+
+def short_side_size(height: int, width: int, short_side: int, geometry: Geometry = "slowfast") -> tuple[int, int]:
+    """(height, width) with the short side at `short_side`.
+
+    The one formula of the library, to the float operation of each reference, so test-time sizes
+    match exactly: "slowfast" floors the long side (long / short first, then times the size);
+    "mmaction2" rounds it, as mmcv's `rescale_size` does for `Resize(scale=(-1, size))` (both
+    sides times size / short, plus 0.5, truncated). 340x256 to 224 is 297 wide in one, 298 in the other.
+    """
+    if geometry == "mmaction2":
+        scale = short_side / min(height, width)
+        return int(height * scale + 0.5), int(width * scale + 0.5)
+    if geometry != "slowfast":
+        raise ValueError(f"unknown geometry {geometry!r}; expected 'slowfast' or 'mmaction2'")
+    if width < height:
+        return int(math.floor(height / width * short_side)), short_side
+    return short_side, int(math.floor(width / height * short_side))
+
+
+def resize(x: torch.Tensor, size: int | tuple[int, int], antialias: bool = False) -> torch.Tensor:
+    """Bilinear resize of the last two dims to `size` (h, w); uint8 comes back rounded uint8.
+
+    The one resize of the library: the reader's `short_side` and the transforms' scales both
+    call it, so frames resized at decode (to cache them small) are the pixels evaluation would
+    have made from full-size frames. Without antialiasing by default, as SlowFast and mmaction2
+    resize at test time. uint8 goes through float in [0, 1] and is rounded back, as their
+    float pipelines do.
+    """
+    out_h, out_w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    *lead, h, w = x.shape
+    if (h, w) == (out_h, out_w):
+        return x
+    # All leading dims become channels of one image, so a whole clip is resized in one call.
+    flat = x.reshape(1, -1, h, w)
+    flat = flat.float().div_(255.0) if x.dtype == torch.uint8 else flat
+    planes = flat.shape[1]
+    # torch's CPU kernel picks its code path by shape: for small outputs (h + w <= 128), and for
+    # exactly 3 planes on one thread, a separable kernel that runs across planes in SIMD-wide
+    # groups, whose last bits differ for planes in a partial group. Padding the planes to a
+    # multiple of 16 (AVX-512 holds 16 floats) puts every plane on one path in a full group, so
+    # a pixel never depends on how the caller grouped its frames (the reader: a few frames at a
+    # time; the transforms: one clip at a time).
+    padding = -planes % _PLANE_GROUP
+    if padding:
+        flat = torch.cat([flat, flat.new_zeros((1, padding, h, w))], dim=1)
+    out = F.interpolate(flat, size=(out_h, out_w), mode="bilinear", align_corners=False, antialias=antialias)
+    out = out[:, :planes].reshape(*lead, out_h, out_w)
+    if x.dtype == torch.uint8:
+        return out.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
+    return out
 
 
 def resize_short_side(frames: torch.Tensor, short_side: int) -> torch.Tensor:
-    """Resize uint8 (T, H, W, C) frames (bilinear with antialias, like torchvision)."""
+    """Resize uint8 (T, H, W, C) frames so the short side is `short_side`, by `resize`.
+
+    A few frames at a time, so the float copies stay small whatever the batch.
+    """
     height, width = frames.shape[1:3]
     size = short_side_size(height, width, short_side)
     if size == (height, width):
         return frames
-    chw = rearrange(frames, "t h w c -> t c h w")
-    out = F.interpolate(chw, size=size, mode="bilinear", align_corners=False, antialias=True)
-    return rearrange(out, "t c h w -> t h w c").contiguous()
+    out = torch.empty((frames.shape[0], *size, frames.shape[3]), dtype=frames.dtype, device=frames.device)
+    for start in range(0, frames.shape[0], _RESIZE_CHUNK):
+        part = rearrange(frames[start : start + _RESIZE_CHUNK], "t h w c -> t c h w")
+        out[start : start + _RESIZE_CHUNK] = rearrange(resize(part, size), "t c h w -> t h w c")
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -864,8 +951,17 @@ class VideoReader:
         return self.metadata.num_frames
 
     def frame_timestamps(self) -> np.ndarray:
-        """Presentation time in seconds of every frame, in index order (for VFR-aware sampling)."""
-        return self._index.pts.astype(np.float64) * float(self._index.time_base)
+        """Presentation time in seconds of every frame, in index order (for VFR-aware sampling).
+
+        Where the packets carry no usable timestamps (raw elementary streams such as .h264 have
+        none, and repeated ones order nothing), frame i is shown at i / fps, the stream's rate.
+        """
+        if self._index.has_all_pts:
+            return self._index.pts.astype(np.float64) * float(self._index.time_base)
+        fps = self.metadata.fps
+        if not fps > 0:
+            raise VideoDecodeError(self.path, "its frames carry no timestamps and it declares no frame rate")
+        return np.arange(len(self), dtype=np.float64) / fps
 
     def get_frames(self, indices: Sequence[int]) -> torch.Tensor:
         """uint8 (T, H, W, C) frames at `indices` (any order, repeats allowed), as displayed."""

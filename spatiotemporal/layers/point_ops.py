@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from typing import Iterator
 
 import torch
@@ -28,6 +29,15 @@ from spatiotemporal.layers.serialization import z_order_encode
 KNN_BLOCK_ELEMENTS = 1 << 24
 
 
+# Held for the whole of every block that changes torch's thread count. The count is both a
+# process-wide default (new threads start from it; MKL reads it) and, under OpenMP, a per-thread
+# setting, so two overlapping save/restore pairs in different threads cannot both restore
+# correctly: whichever leaves last writes back the value the other had set, and the process stays
+# on one thread. Blocks therefore take turns. Re-entrant, so a block may nest in another in the
+# same thread (sparse_conv's spconv_threads runs through single_thread as well).
+THREAD_COUNT_LOCK = threading.RLock()
+
+
 @contextlib.contextmanager
 def single_thread() -> Iterator[None]:
     """Run a block with one intra-op thread, then restore the caller's setting.
@@ -35,14 +45,15 @@ def single_thread() -> Iterator[None]:
     For long sequential loops of small tensor ops (farthest-point sampling): each op is too small
     to gain from threads, and on a busy machine every op pays for waking them (measured on the
     2-core CI box under load: 2,000 FPS picks from 112k points, 32 s CPU with 2 threads vs 0.8 s
-    with one).
+    with one). Blocks in other threads wait for this one to end (see THREAD_COUNT_LOCK).
     """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
+    with THREAD_COUNT_LOCK:
+        previous = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(previous)
 
 
 # ----------------------------------------------------------------------------- batch layout
@@ -254,6 +265,11 @@ def farthest_point_sampling(coord: Tensor, offset: Tensor, new_offset: Tensor, b
     chosen set does not depend on the order the points are stored in (and moves with the cloud
     under translation).
 
+    A cloud with fewer distinct locations than its sample count (duplicated points) still gets
+    exactly that many indices, so `new_offset` stays true: once every location is taken, all
+    distances are zero and each further pick is the first maximum, the cloud's first point, which
+    therefore repeats. Both backends return the same indices.
+
     `backend`: "open3d" (CPU tensors only: its compiled loop, per cloud), "torch" (any device:
     all clouds advance together, one vectorised step per sample), or "auto": open3d for CPU
     tensors, torch otherwise. The torch loop is a few small ops per pick, so on CPU their
@@ -285,14 +301,19 @@ def farthest_point_sampling(coord: Tensor, offset: Tensor, new_offset: Tensor, b
             for j, (s0, n, m) in enumerate(zip(starts, counts, new_counts))
         ])
     m_max = max(new_counts)
-    with single_thread():
+    # The thread count only matters to CPU ops; on an accelerator there is nothing to pin.
+    with single_thread() if coord.device.type == "cpu" else contextlib.nullcontext():
         picks = _fps_loop(padded, valid, first, m_max)
     return torch.cat([picks[j, :m].sort().values + starts[j] for j, m in enumerate(new_counts)])
 
 
 def _open3d_fps(points: Tensor, m: int, first: int) -> Tensor:
     """open3d's farthest-point loop from `first`; it returns points, not indices, so each point
-    carries its index through the sampling as its colour (float64 holds any index exactly)."""
+    carries its index through the sampling as its colour (float64 holds any index exactly).
+
+    open3d selects by a mask, so a pick that repeats (duplicate points, see
+    `farthest_point_sampling`) comes back once; the missing picks are the cloud's first point,
+    added back here so the count is `m`, as the torch loop gives."""
     import numpy as np
     import open3d as o3d
 
@@ -300,7 +321,10 @@ def _open3d_fps(points: Tensor, m: int, first: int) -> Tensor:
     index = np.arange(len(points), dtype=np.float64)
     cloud.colors = o3d.utility.Vector3dVector(np.repeat(index[:, None], 3, axis=1))
     sampled = cloud.farthest_point_down_sample(m, first)
-    return torch.from_numpy(np.asarray(sampled.colors)[:, 0].astype(np.int64))
+    picks = torch.from_numpy(np.asarray(sampled.colors)[:, 0].astype(np.int64))
+    if len(picks) < m:
+        picks = torch.cat([picks.new_zeros(m - len(picks)), picks]).sort().values
+    return picks
 
 
 def _fps_loop(padded: Tensor, valid: Tensor, first: Tensor, m_max: int) -> Tensor:

@@ -22,7 +22,6 @@ Weights use spconv's layout (out, kz, ky, kx, in), so checkpoints of spconv mode
 from __future__ import annotations
 
 import contextlib
-import threading
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -31,16 +30,19 @@ from torch import Tensor, nn
 
 from spatiotemporal.layers.point_ops import single_thread
 
-_lock = threading.Lock()
-
 
 @contextlib.contextmanager
 def spconv_threads(device: torch.device) -> Iterator[None]:
-    """One torch thread around spconv's CPU kernels (see defect 1); a no-op on CUDA."""
+    """One torch thread around spconv's CPU kernels (see defect 1); a no-op on CUDA.
+
+    `single_thread` holds point_ops.THREAD_COUNT_LOCK for the whole block, so spconv calls in
+    different threads already take turns with each other and with every other thread-count change;
+    a second lock here would only add a lock-order to get wrong (and, not being re-entrant, hang a
+    nested call)."""
     if device.type != "cpu":
         yield
         return
-    with _lock, single_thread():
+    with single_thread():
         yield
 
 

@@ -16,7 +16,7 @@ translation of the cloud and equivariant to a permutation of its points.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
@@ -135,6 +135,14 @@ class PointTransformerSeg(nn.Module):
             nn.Linear(c.planes[0], c.planes[0]), PointBatchNorm(c.planes[0]), nn.ReLU(inplace=True),
             nn.Linear(c.planes[0], num_classes),
         )
+
+    @property
+    def grad_checkpointing(self) -> bool:
+        return self.config.grad_checkpointing
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute every encoder and decoder block in backward (training's activation_checkpointing)."""
+        self.config = replace(self.config, grad_checkpointing=enabled)
 
     def forward(self, coord: Tensor, feat: Tensor, offset: Tensor) -> Tensor:
         offset = offset.long()

@@ -27,7 +27,7 @@ else in it (windows anchored at each cloud's minimum corner, FPS, kNN, cRPE) is.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
@@ -274,6 +274,16 @@ class StratifiedTransformerSeg(nn.Module):
             nn.init.trunc_normal_(m.weight, std=0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+    @property
+    def grad_checkpointing(self) -> bool:
+        return self.config.grad_checkpointing
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute every attention block in backward (training's activation_checkpointing)."""
+        self.config = replace(self.config, grad_checkpointing=enabled)
+        for stage in self.stages:
+            stage.grad_checkpointing = enabled
 
     def forward(self, coord: Tensor, feat: Tensor, offset: Tensor) -> Tensor:
         c = self.config
