@@ -23,6 +23,7 @@ from einops import rearrange
 from spatiotemporal.data.sampling import Anchor, uniform_clips
 from spatiotemporal.data.transforms import center_crop, short_side_scale, three_crop
 from spatiotemporal.io.errors import CheckpointError, InputError
+from spatiotemporal.io.video import Geometry
 from spatiotemporal.models.registry import ModelSpec, create_model, get_spec, point_feature_keys
 from spatiotemporal.precision import resolve_precision, store_autocast_weights
 
@@ -66,13 +67,16 @@ class ClipRecipe:
     short_side: int | None = None
     views: tuple[int, int] = (1, 1)
     anchor: Anchor = "mmaction2"
+    target_fps: float | None = None  # the rate the anchor resamples videos to (SlowFast's TARGET_FPS)
+    geometry: Geometry = "slowfast"
 
     @classmethod
     def from_spec(cls, spec: ModelSpec, views: tuple[int, int]) -> "ClipRecipe":
         """The spec's own test protocol: the views sit and are resized as the paper evaluated."""
         crop = spec.crop_size or 224
         protocol = spec.protocol
-        return cls(spec.num_frames or 8, spec.frame_stride or 1, crop, protocol.short_side, views, protocol.anchor)
+        return cls(spec.num_frames or 8, spec.frame_stride or 1, crop, protocol.short_side, views, protocol.anchor,
+                   protocol.target_fps, protocol.geometry)
 
 
 def clip_views(path: str | os.PathLike, recipe: ClipRecipe, timeout_s: float = 30.0) -> np.ndarray:
@@ -93,13 +97,14 @@ def clip_views(path: str | os.PathLike, recipe: ClipRecipe, timeout_s: float = 3
         total = len(reader)
         if total < 1:
             raise InputError(path, "the video has no decodable frames")
-        indices = uniform_clips(total, recipe.frames, recipe.stride, temporal, anchor=recipe.anchor)
+        fps = (reader.metadata.fps, recipe.target_fps) if recipe.target_fps is not None else None
+        indices = uniform_clips(total, recipe.frames, recipe.stride, temporal, anchor=recipe.anchor, fps=fps)
         frames = reader.get_frames(indices.reshape(-1).tolist())
     out = []
     # One temporal view at a time: only one view's frames are ever resized at full resolution.
     for clip in rearrange(frames, "(v t) h w c -> v c t h w", v=temporal):
-        clip = short_side_scale(clip, short_side)
-        out.extend([center_crop(clip, crop)] if spatial == 1 else three_crop(clip, crop))
+        clip = short_side_scale(clip, short_side, geometry=recipe.geometry)
+        out.extend([center_crop(clip, crop, recipe.geometry)] if spatial == 1 else three_crop(clip, crop, recipe.geometry))
     return rearrange(torch.stack(out), "v c t h w -> v t h w c").contiguous().numpy()
 
 
@@ -166,8 +171,15 @@ class VideoClassifier:
             num_classes = len(class_names)
         self.device = resolve_device(device)
         self.dtype = resolve_precision(precision, self.device)
+        if checkpoint is not None:
+            from spatiotemporal.convert import read_checkpoint
+
+            # Read once: the model's kwargs, its weights and its class names all come from it.
+            checkpoint = read_checkpoint(checkpoint)
         # create_model takes the class count a checkpoint of ours records when none is given.
         self.model = create_model(model, num_classes=num_classes, pretrained=checkpoint).eval().to(self.device)
+        # The spec as built: clips of the frames and size the model was built (and trained) for.
+        self.spec = self.model.spec
         if self.dtype != torch.float32:
             store_autocast_weights(self.model, self.dtype)
         self.num_classes = self.model.num_classes
@@ -224,26 +236,80 @@ class VideoClassifier:
 # ------------------------------------------------------------------------------------- points
 
 
+# Pointcept's ScanNet test grid: the voxel size for a model that records none of its own.
+DEFAULT_VOXEL_SIZE = 0.02
+
+
 @dataclass
 class PointPrediction:
     path: str
-    cloud: dict  # the input as read (numpy), for writing a labeled copy
-    segment: np.ndarray  # (N,) benchmark class ids 0..19 for every original point
+    cloud: dict  # the input as read (numpy; coord relative to its `origin`), for writing a labeled copy
+    segment: np.ndarray  # (N,) class index into `class_names` for every original point
     class_names: tuple[str, ...]
     fragments: int
 
     @property
+    def is_scannet20(self) -> bool:
+        """Whether the classes are the ScanNet benchmark's 20, in benchmark order."""
+        from spatiotemporal.data.scannet import CLASS_NAMES
+
+        return tuple(self.class_names) == CLASS_NAMES
+
+    @property
     def nyu40(self) -> np.ndarray:
-        """Per-point nyu40 ids: the ScanNet benchmark's submission format."""
+        """Per-point nyu40 ids: the ScanNet benchmark's submission format. Only the ScanNet
+        20-class label set has them; any other is a ValueError that says what the classes are."""
         from spatiotemporal.data.scannet import NYU40_IDS
 
+        if not self.is_scannet20:
+            shown = ", ".join(self.class_names[:4]) + (", ..." if len(self.class_names) > 4 else "")
+            raise ValueError(f"{self.path}: nyu40 ids exist only for the ScanNet 20-class label set; "
+                             f"this model predicts {len(self.class_names)} classes ({shown})")
         return np.asarray(NYU40_IDS, dtype=np.int64)[self.segment]
+
+    @property
+    def label_kind(self) -> str:
+        """What `label_ids` holds: "nyu40" for the ScanNet label set, else "class_index"."""
+        return "nyu40" if self.is_scannet20 else "class_index"
+
+    @property
+    def label_ids(self) -> np.ndarray:
+        """Per-point ids for a labeled file: nyu40 ids where they exist, else class indices."""
+        return self.nyu40 if self.is_scannet20 else self.segment.astype(np.int64)
 
     def counts(self) -> dict[str, int]:
         """Points per predicted class, largest first, classes with no points left out."""
         bins = np.bincount(self.segment, minlength=len(self.class_names))
         order = np.argsort(-bins, kind="stable")
         return {self.class_names[i]: int(bins[i]) for i in order if bins[i] > 0}
+
+
+def point_class_names(model, meta: dict, checkpoint: str | None = None) -> tuple[str, ...]:
+    """Names of a built point model's classes: the checkpoint's own (`meta` is its
+    `read_checkpoint_meta`), else ScanNet's 20 for a 20-class head of a 20-class (ScanNet)
+    spec, else class_<i>, one per output of the model."""
+    from spatiotemporal.data.scannet import CLASS_NAMES
+
+    names = meta.get("class_names")
+    if names is not None:
+        if len(names) != model.num_classes:
+            raise CheckpointError(checkpoint, f"{len(names)} class names for a model with {model.num_classes} classes")
+        return tuple(str(name) for name in names)
+    if model.num_classes == model.spec.num_classes == len(CLASS_NAMES):
+        return CLASS_NAMES
+    return tuple(f"class_{i}" for i in range(model.num_classes))
+
+
+def trained_voxel_size(model, meta: dict) -> tuple[float | None, str]:
+    """(the input voxel size a point model was trained at, where that is recorded), or
+    (None, "") when nothing records it: the checkpoint's `grid_size` (training's data.grid_size),
+    else the model config's own `grid_size` (the Stratified Transformer's KPConv scale)."""
+    if meta.get("grid_size") is not None:
+        return float(meta["grid_size"]), "the checkpoint"
+    grid = getattr(getattr(model, "config", None), "grid_size", None)
+    if grid is not None:
+        return float(grid), f"the {model.spec.name} config"
+    return None, ""
 
 
 class PointSegmenter:
@@ -255,6 +321,10 @@ class PointSegmenter:
     back onto the points each fragment came from. `max_fragments` (None or 0 = all) caps the
     fragments for speed; points that no predicted fragment covered take their voxel's mean score,
     so every point is labeled even from a single fragment.
+
+    `voxel_size` None means the one the model was trained at (`trained_voxel_size`, else
+    DEFAULT_VOXEL_SIZE); a different one given explicitly is used, with a one-line warning on
+    stderr, since the model's receptive fields are sized in voxels.
     """
 
     def __init__(
@@ -262,21 +332,30 @@ class PointSegmenter:
         model: str,
         checkpoint: str | None = None,
         device: str = "auto",
-        voxel_size: float = 0.02,
+        voxel_size: float | None = None,
         max_fragments: int | None = None,
     ):
-        from spatiotemporal.data.scannet import CLASS_NAMES
+        import sys
+
+        from spatiotemporal.convert import read_checkpoint_meta
 
         self.spec = get_spec(model)
         if self.spec.family != "points":
             raise ValueError(f"{model} is a {self.spec.family} model, not a point-cloud model")
+        if voxel_size is not None and not voxel_size > 0:
+            raise ValueError(f"--voxel-size must be a positive number of metres, got {voxel_size}")
         self.device = resolve_device(device)
+        meta = read_checkpoint_meta(checkpoint) if checkpoint is not None else {}
         self.model = create_model(model, pretrained=checkpoint).eval().to(self.device)
         self.feature_keys = point_feature_keys(self.model)
-        self.voxel_size, self.max_fragments = voxel_size, max_fragments
-        self.class_names = CLASS_NAMES if self.spec.num_classes == len(CLASS_NAMES) else tuple(
-            f"class_{i}" for i in range(self.spec.num_classes)
-        )
+        self.class_names = point_class_names(self.model, meta, checkpoint)
+        trained, source = trained_voxel_size(self.model, meta)
+        if voxel_size is None:
+            voxel_size = trained if trained is not None else DEFAULT_VOXEL_SIZE
+        elif trained is not None and not np.isclose(voxel_size, trained, rtol=1e-6, atol=0):
+            print(f"warning: voxel size {voxel_size} m differs from the {trained} m that {source} records "
+                  f"for {model}; predictions may degrade", file=sys.stderr, flush=True)
+        self.voxel_size, self.max_fragments = float(voxel_size), max_fragments
 
     @torch.inference_mode()
     def predict(self, path: str | os.PathLike, cloud: dict | None = None) -> PointPrediction:
@@ -335,20 +414,25 @@ def _numbered(stems: list[str]) -> list[str]:
 
 
 def class_palette(num_classes: int) -> np.ndarray:
-    """(K, 3) uint8 colours, one per class, from matplotlib's qualitative maps."""
+    """(K, 3) uint8 colours, one per class, from matplotlib's qualitative maps; past their 40
+    colours (ScanNet200-sized heads) they repeat rather than run out."""
     import matplotlib
 
     colors = np.concatenate([matplotlib.colormaps["tab20"].colors, matplotlib.colormaps["tab20b"].colors])
-    return (np.asarray(colors[:num_classes]) * 255).round().astype(np.uint8)
+    return (np.asarray(colors[np.arange(num_classes) % len(colors)]) * 255).round().astype(np.uint8)
 
 
 def write_labeled_ply(prediction: PointPrediction, path: str | os.PathLike) -> None:
-    """The input points coloured by predicted class, with the nyu40 id as a `label` property
-    (ScanNet's labels.ply layout, so viewers and scripts for ScanNet read it)."""
+    """The input points coloured by predicted class, with `prediction.label_ids` as a `label`
+    property: for the ScanNet label set the nyu40 id (ScanNet's labels.ply layout, so viewers and
+    scripts for ScanNet read it), for any other the class index (`prediction.label_kind`).
+    Coordinates are the input's own, the cloud's `origin` added back (double where float would
+    round them, see `write_ply`)."""
     from spatiotemporal.io.points import write_ply
 
     palette = class_palette(len(prediction.class_names))
-    cloud = {"coord": prediction.cloud["coord"], "label": prediction.nyu40}
+    cloud = {"coord": prediction.cloud["coord"], "origin": prediction.cloud.get("origin", np.zeros(3)),
+             "label": prediction.label_ids}
     write_ply(path, cloud, label_key="label", colors=palette[prediction.segment])
 
 
@@ -370,8 +454,11 @@ def render_top_down(prediction: PointPrediction, path: str | os.PathLike, max_po
     fig, ax = plt.subplots(figsize=(9, 7), dpi=120)
     ax.scatter(coord[keep, 0], coord[keep, 1], c=palette[prediction.segment[keep]], s=0.3, linewidths=0)
     ax.set_aspect("equal")
-    ax.set_xlabel("x (m)")
-    ax.set_ylabel("y (m)")
+    # Drawn relative to the cloud's origin: a georeferenced scan's axes would otherwise read in
+    # millions of metres with the room a speck of rounding.
+    origin = np.asarray(prediction.cloud.get("origin", np.zeros(3)), dtype=np.float64)
+    ax.set_xlabel("x (m)" if origin[0] == 0 else f"x - {origin[0]:.15g} (m)")
+    ax.set_ylabel("y (m)" if origin[1] == 0 else f"y - {origin[1]:.15g} (m)")
     ax.set_title(f"{Path(prediction.path).name}: predicted classes (top-down)")
     counts = prediction.counts()
     handles = [

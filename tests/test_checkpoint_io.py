@@ -60,3 +60,11 @@ def test_our_training_checkpoint_rebuilds_its_model_from_the_path_alone(tmp_path
     loaded = create_model("timesformer_tiny", pretrained=str(path)).eval()
     clip = torch.randn(1, 3, trained.spec.num_frames, 32, 32)
     assert torch.equal(loaded(clip), trained.eval()(clip))
+
+
+def test_the_voxel_size_a_point_model_was_trained_at_is_read_from_its_checkpoint(tmp_path):
+    from spatiotemporal.convert import read_checkpoint_meta
+
+    path = tmp_path / "model.pt"
+    torch.save({"model": {"w": torch.zeros(1)}, "model_name": "point_transformer_tiny", "grid_size": 0.05}, path)
+    assert read_checkpoint_meta(path) == {"model_name": "point_transformer_tiny", "grid_size": 0.05}

@@ -73,6 +73,17 @@ def test_top5_mean_class_and_per_class_accuracy_are_exact():
     assert s.class_counts == {"a": 2, "b": 1, "f": 1}
 
 
+def test_mean_class_accuracy_counts_a_class_that_is_only_predicted_as_zero():
+    # mmaction2's mean_class_accuracy builds its confusion matrix over labels and predictions
+    # together: here classes 0 and 1 are labels, class 2 only a prediction, so the mean is
+    # (1.0 + 0.0 + 0.0) / 3, not (1.0 + 0.0) / 2.
+    ev = KineticsEvaluator(num_classes=4)
+    ev.update(["a", "b"], torch.eye(4)[[0, 2]], [0, 1])
+    s = ev.summary()
+    assert s.per_class_accuracy == {"0": 1.0, "1": 0.0}
+    assert s.mean_class_accuracy == pytest.approx(1 / 3)
+
+
 def test_missing_videos_count_wrong_only_in_the_all_annotated_accuracy():
     annotated = {"a": 0, "b": 1, "c": 2, "gone": 1}
     ev = KineticsEvaluator(num_classes=3, annotated=annotated)

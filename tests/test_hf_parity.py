@@ -22,6 +22,7 @@ from transformers import (
 from spatiotemporal.convert import load_pretrained
 from spatiotemporal.io.errors import CheckpointError, InputError
 from spatiotemporal.models import create_model
+from spatiotemporal.tokens import interpolate_pos_embed
 
 SMALL_INPUT = {"num_frames": 4, "image_size": 64}
 TINY_HF = {"hidden_size": 192, "num_hidden_layers": 2, "num_attention_heads": 3, "intermediate_size": 768}
@@ -178,3 +179,47 @@ def test_an_official_timesformer_pyth_checkpoint_round_trips(tmp_path):
     clip = torch.randn(1, 3, 4, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(loaded(clip), source(clip), rtol=0, atol=0)
+
+
+def _pos_tables_drawn(reference: TimesformerForVideoClassification) -> TimesformerForVideoClassification:
+    # Random, so that how a table is resized shows in the logits.
+    with torch.no_grad():
+        reference.timesformer.embeddings.time_embeddings.normal_(std=0.5)
+        reference.timesformer.embeddings.position_embeddings.normal_(std=0.5)
+    return reference.eval()
+
+
+@pytest.mark.parametrize(
+    "name, attention_type, frames",
+    [("timesformer_tiny_joint", "joint_space_time", 8), ("timesformer_tiny", "divided_space_time", 4)],
+)
+def test_timesformer_resizes_its_tables_for_other_frames_and_sizes_as_hf_does(tmp_path, name, attention_type, frames):
+    # HF (like the official vit.py) resizes both tables with 'nearest' when the input differs from
+    # the config (4 frames of 64 px): 96 px for both, and 8 frames for joint attention only, because
+    # HF's divided layers take the frame count from the config, not the input.
+    torch.manual_seed(0)
+    config = TimesformerConfig(num_labels=10, attention_type=attention_type, **TINY_HF, **SMALL_INPUT)
+    reference = _pos_tables_drawn(TimesformerForVideoClassification(config))
+    torch.save(reference.state_dict(), tmp_path / "hf.bin")
+    ours = create_model(name, num_classes=10, depth=2, pretrained=str(tmp_path / "hf.bin"), **SMALL_INPUT).eval()
+    clip = torch.randn(2, frames, 3, 96, 96, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert _relative_error(ours(clip.transpose(1, 2)), reference(pixel_values=clip).logits) <= 1e-4
+
+
+def test_an_hf_vivit_saved_with_its_config_loads_its_table_from_the_grid_the_config_gives(tmp_path):
+    # 8 frames of 112 px: a 1 + 4x7x7 table, which into a 224-px model would also fit 1 + 1x14x14.
+    torch.manual_seed(0)
+    reference = VivitForVideoClassification(VivitConfig(num_labels=10, num_frames=8, image_size=112, **TINY_HF))
+    with torch.no_grad():
+        reference.vivit.embeddings.position_embeddings.normal_(std=0.02)
+    reference.save_pretrained(tmp_path / "vivit-tiny")
+    weights = tmp_path / "vivit-tiny" / "model.safetensors"
+    ours = create_model("vivit_tiny", num_classes=10, depth=2, num_heads=3, image_size=224, pretrained=str(weights))
+    table = reference.vivit.embeddings.position_embeddings.detach()
+    expected = interpolate_pos_embed(table, (4, 7, 7), (4, 14, 14), num_prefix_tokens=1)
+    torch.testing.assert_close(ours.pos_embed.weight, expected, rtol=0, atol=0)
+    # The same weights without their config.json: the loader will not guess.
+    (tmp_path / "vivit-tiny" / "config.json").unlink()
+    with pytest.raises(CheckpointError, match=r"pos_embed.weight: .*1 \+ \(1, 14, 14\) and 1 \+ \(4, 7, 7\)"):
+        create_model("vivit_tiny", num_classes=10, depth=2, num_heads=3, image_size=224, pretrained=str(weights))

@@ -191,6 +191,32 @@ def test_a_scan_gets_class_counts_a_labeled_ply_and_a_png(tmp_path, small_scan, 
     labeled = read_ply(record["labeled_ply"])
     assert len(labeled["coord"]) == n
     np.testing.assert_allclose(labeled["coord"], read_ply(small_scan)["coord"])
-    assert set(np.unique(labeled["nyu40"])) <= set(NYU40_IDS)
+    assert set(np.unique(labeled["label"])) <= set(NYU40_IDS)
     png = Path(record["png"]).read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_a_scan_is_voxelized_at_the_grid_the_model_was_trained_at(small_scan, capsys):
+    code, stdout, stderr = infer(capsys, str(small_scan), "--model", "stratified_transformer_tiny",
+                                 "--device", "cpu", "--json")
+    assert code == 0, stderr[-2000:]
+    (record,) = json.loads(stdout)["results"]
+    assert record["voxel_size"] == 0.04  # stratified_transformer_tiny's config grid_size, not 0.02
+
+
+def test_a_labeled_ply_of_another_label_set_holds_class_indices_and_says_so(tmp_path, small_scan, capsys):
+    from spatiotemporal.io.points import read_ply
+
+    model = create_model("point_transformer_tiny", num_classes=25)
+    with torch.no_grad():
+        model.classifier[-1].weight.zero_()
+        model.classifier[-1].bias.copy_(torch.arange(25.0) == 22)  # every point: class 22
+    checkpoint = tmp_path / "ck.pt"
+    torch.save({"model": model.state_dict(), "num_classes": 25}, checkpoint)
+    out = tmp_path / "out"
+    code, stdout, stderr = infer(capsys, str(small_scan), "--model", "point_transformer_tiny", "--checkpoint",
+                                 str(checkpoint), "--out", str(out), "--device", "cpu")
+    assert code == 0, stderr[-2000:]
+    assert "  class_22 " in stdout
+    assert "  the PLY's label property holds class indices 0..24 (not the ScanNet label set, so no nyu40 ids)" in stdout
+    assert set(np.unique(read_ply(out / "room.labeled.ply")["label"])) == {22}

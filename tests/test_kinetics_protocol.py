@@ -19,6 +19,13 @@ PAPER_PROTOCOLS = {
     "mvitv2_s": ("slowfast_offset", 256, "softmax"),
     "swin3d_t": ("mmaction2_0x", 224, "softmax"),
 }
+# name: (the frame rate videos are resampled to, how views are sized and cropped)
+PAPER_RATES_AND_GEOMETRY = {
+    "timesformer_base": (30.0, "slowfast"),  # SlowFast's DATA.TARGET_FPS
+    "vivit_b_fe": (None, "slowfast"),
+    "mvitv2_s": (30.0, "slowfast"),
+    "swin3d_t": (None, "mmaction2"),  # mmcv's Resize(scale=(-1, 224)) and mmaction2's ThreeCrop
+}
 
 
 def _test_set(task: VideoTask, video, tmp_path):
@@ -36,6 +43,7 @@ def test_evaluation_at_the_papers_crop_uses_the_papers_views_and_resize(name, sh
     assert dataset.clip.anchor == anchor
     assert dataset.transform.test_short_side == short_side
     assert task.aggregation == aggregation
+    assert (dataset.clip.anchor_fps, dataset.transform.geometry) == PAPER_RATES_AND_GEOMETRY[name]
 
 
 def test_a_config_cropping_at_another_size_keeps_its_own_resize(shared_data, tmp_path):
@@ -56,6 +64,30 @@ def test_inference_cuts_the_same_views_as_evaluation(name):
     recipe = ClipRecipe.from_spec(spec, parse_views(None, spec))
     anchor, short_side, _ = PAPER_PROTOCOLS[name]
     assert (recipe.anchor, recipe.short_side) == (anchor, short_side)
+    assert (recipe.target_fps, recipe.geometry) == PAPER_RATES_AND_GEOMETRY[name]
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        # cockatoo.mp4 runs at 20 fps: 8 x 32 frames at 30 fps span 170.7 of its frames, and
+        # SlowFast's linspace(0, 169.67, 8) truncated gives these.
+        ("timesformer_base", [[0, 24, 48, 72, 96, 121, 145, 169]]),
+        # 16 x 4 at 30 fps span 42.7 frames; delta 237.3, offsets i * floor(237.3 / 4) = 59 i.
+        ("mvitv2_s", [[s + k for k in (0, 2, 5, 8, 11, 13, 16, 19, 22, 25, 27, 30, 33, 36, 38, 41)]
+                      for s in (0, 59, 118, 177, 236)]),
+    ],
+)
+def test_slowfast_models_see_a_20_fps_video_as_if_resampled_to_30(name, expected, shared_data, tmp_path):
+    from spatiotemporal.io.video import VideoReader
+
+    task = VideoTask(load_config(data={"model": {"name": name}}))
+    path = shared_data / "video" / "cockatoo.mp4"
+    dataset = _test_set(task, path, tmp_path)
+    with VideoReader(path, backend="pyav") as reader:
+        assert reader.metadata.fps == 20.0
+        indices = dataset._frame_indices(reader, np.random.default_rng(0))
+    assert indices.tolist() == expected
 
 
 def test_timesformer_views_are_the_official_loaders_frames():

@@ -14,6 +14,7 @@ from spatiotemporal.tokens import (
     inflate_patch_weight,
     interpolate_pos_embed,
 )
+from spatiotemporal.tokens.pos_embed import PositionTableError, grid_candidates
 
 
 def test_patch_embed_tokens_are_each_frame_convolved_in_frame_then_row_major_order():
@@ -92,13 +93,18 @@ def test_joint_table_of_another_frame_count_is_resized_along_time_only():
 def test_a_checkpoint_trained_at_another_frame_count_and_size_loads_with_resized_tables(tmp_path):
     torch.manual_seed(0)
     source = create_model("timesformer_tiny", num_classes=5)  # 8 frames, 112 px
+    with torch.no_grad():
+        source.time_embed.weight.normal_()  # it starts at zero, which any resize keeps
     path = tmp_path / "tiny.pt"
     torch.save(source.state_dict(), path)
     target = create_model("timesformer_tiny", num_classes=5, num_frames=4, image_size=64, pretrained=str(path))
     assert target.time_embed.weight.shape == (1, 4, 192)
     assert target.pos_embed.weight.shape == (1, 1 + 16, 192)
-    expected_time = interpolate_pos_embed(source.time_embed.weight, (8,), (4,))
-    torch.testing.assert_close(target.time_embed.weight, expected_time)
+    # TimeSformer resizes its tables with 'nearest', as its reference code does.
+    expected_time = interpolate_pos_embed(source.time_embed.weight, (8,), (4,), mode="nearest")
+    torch.testing.assert_close(target.time_embed.weight, expected_time, rtol=0, atol=0)
+    expected_space = interpolate_pos_embed(source.pos_embed.weight, (7, 7), (4, 4), 1, mode="nearest")
+    torch.testing.assert_close(target.pos_embed.weight, expected_space, rtol=0, atol=0)
     torch.testing.assert_close(target.blocks[2].attn.qkv.weight, source.blocks[2].attn.qkv.weight)
     assert target(torch.randn(1, 3, 4, 64, 64)).shape == (1, 5)
 
@@ -108,3 +114,30 @@ def test_inputs_of_another_size_than_configured_use_interpolated_tables_on_the_f
     model = create_model("vivit_tiny", num_classes=3).eval()  # 8 frames at 112
     with torch.no_grad():
         assert model(torch.randn(1, 3, 4, 96, 128)).shape == (1, 3)
+
+
+def test_nearest_resizing_repeats_rows_as_the_timesformer_reference_does():
+    table = torch.arange(4.0).reshape(1, 4, 1)
+    resized = interpolate_pos_embed(table, (4,), (8,), mode="nearest")
+    torch.testing.assert_close(resized.flatten(), torch.tensor([0.0, 0.0, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0]))
+
+
+def test_a_space_time_table_may_fit_other_frames_or_another_size_and_both_are_candidates():
+    assert grid_candidates(196, (4, 14, 14)) == [(1, 14, 14), (4, 7, 7)]
+    assert grid_candidates(392, (4, 14, 14)) == [(2, 14, 14)]
+    assert grid_candidates(3 * 5 * 5, (4, 14, 14)) == []
+
+
+def test_an_ambiguous_table_is_not_guessed():
+    embed = LearnedPosEmbed((4, 14, 14), dim=2, num_prefix_tokens=1)
+    with pytest.raises(PositionTableError, match=r"fits the grids 1 \+ \(1, 14, 14\) and 1 \+ \(4, 7, 7\)"):
+        embed.adapt_table(torch.zeros(1, 1 + 196, 2))
+
+
+def test_a_table_is_resized_from_the_grid_it_is_said_to_have():
+    embed = LearnedPosEmbed((4, 14, 14), dim=2, num_prefix_tokens=1)
+    table = torch.randn(1, 1 + 196, 2)
+    adapted = embed.adapt_table(table, (4, 7, 7), 1)
+    torch.testing.assert_close(adapted, interpolate_pos_embed(table, (4, 7, 7), (4, 14, 14), 1), rtol=0, atol=0)
+    with pytest.raises(PositionTableError, match=r"the table has 197 tokens, but the checkpoint's geometry gives 1 \+"):
+        embed.adapt_table(table, (2, 7, 7), 1)

@@ -157,13 +157,19 @@ def test_a_shifted_block_compiles_without_graph_breaks():
         torch.testing.assert_close(compiled(x), block(x))
 
 
-def test_the_inference_mask_cache_follows_changes_to_the_bias_table():
+@pytest.mark.parametrize("through_data", [False, True], ids=["in_place", "through_data"])
+def test_the_inference_mask_cache_follows_changes_to_the_bias_table(through_data):
+    # A step or a load changes the table in place; `.data` writes (old-style optimizers and EMA
+    # code) do too but leave its version counter where it was.
     torch.manual_seed(0)
     attn = WindowAttention3d(16, 2, (2, 4, 4), (1, 2, 2)).eval()
     x = torch.randn(1, 4, 8, 8, 16)
+    table = attn.relative_position_bias_table
     with torch.no_grad():
         before = attn(x)
-        attn.relative_position_bias_table.add_(torch.randn_like(attn.relative_position_bias_table))  # a step or a load
+        version = table._version
+        (table.data if through_data else table).add_(torch.randn_like(table))
+        assert (table._version == version) == through_data
         after = attn(x)
     with torch.enable_grad():
         uncached = attn(x).detach()

@@ -24,7 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "bf16, i.e. AMX/AVX512-BF16 CPUs and bf16 GPUs)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
     parser.add_argument("--out", default=None, help="folder for labeled PLYs and PNG renderings (point clouds)")
-    parser.add_argument("--voxel-size", type=float, default=0.02, help="point clouds: grid size in metres")
+    parser.add_argument("--voxel-size", type=float, default=None,
+                        help="point clouds: grid size in metres (default: the one the model was trained at, "
+                             "as its checkpoint or config records it, else 0.02)")
     parser.add_argument("--max-fragments", type=int, default=1,
                         help="point clouds: test fragments to predict and vote over; 0 = all, Pointcept's "
                              "protocol (default 1: every point still gets its voxel's prediction)")
@@ -68,9 +70,11 @@ def _points(args, paths, report, fail) -> None:
             fail(path, err)
             continue
         record = {"path": path, "points": int(len(prediction.segment)), "fragments": prediction.fragments,
-                  "counts": prediction.counts(), "seconds": round(time.perf_counter() - start, 2)}
+                  "voxel_size": segmenter.voxel_size, "counts": prediction.counts(),
+                  "seconds": round(time.perf_counter() - start, 2)}
         if out is not None:
             record["labeled_ply"] = str(out / f"{stem}.labeled.ply")
+            record["ply_label"] = prediction.label_kind  # what the PLY's `label` property holds
             record["png"] = str(out / f"{stem}.png")
             write_labeled_ply(prediction, record["labeled_ply"])
             render_top_down(prediction, record["png"])
@@ -84,6 +88,9 @@ def _points(args, paths, report, fail) -> None:
                 print(f"  {name:<16s} {count}")
             if out is not None:
                 print(f"  wrote {record['labeled_ply']} and {record['png']}")
+                if prediction.label_kind != "nyu40":
+                    print(f"  the PLY's label property holds class indices 0..{len(prediction.class_names) - 1} "
+                          "(not the ScanNet label set, so no nyu40 ids)")
 
 
 def _output_folder(out: str) -> Path:

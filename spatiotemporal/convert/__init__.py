@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import warnings
 from collections.abc import Mapping
 
 import torch
@@ -28,11 +29,35 @@ LAYOUT_MODULES = (
 _WRAPPER_KEYS = ("model_state", "state_dict", "model", "module")
 
 
-# Keys our training checkpoints keep beside the weights, so a path alone rebuilds the model.
-META_KEYS = ("model_name", "model_kwargs", "class_names", "num_classes")
+# Keys our training checkpoints keep beside the weights, so a path alone rebuilds the model;
+# `grid_size` (point models: the input voxel size trained at) is what inference voxelizes at, and
+# `clip` (video models: num_frames, frame_stride, crop_size, short_side trained and tested at) is
+# what inference cuts clips with.
+META_KEYS = ("model_name", "model_kwargs", "class_names", "num_classes", "grid_size", "clip")
+
+
+class Checkpoint:
+    """A checkpoint file read once: path-like (its path), so every reader here takes it in place of
+    the path and reads nothing again. Build one with `read_checkpoint`."""
+
+    def __init__(self, path: str | os.PathLike, obj):
+        self.path, self.obj = os.fspath(path), obj
+
+    def __fspath__(self) -> str:
+        return self.path
+
+    def __repr__(self) -> str:
+        return f"Checkpoint({self.path!r})"
+
+
+def read_checkpoint(path: str | os.PathLike | Checkpoint) -> Checkpoint:
+    """The file at `path`, read into memory for the metadata and weight readers to share."""
+    return path if isinstance(path, Checkpoint) else Checkpoint(path, _read_object(path))
 
 
 def _read_object(path: str | os.PathLike):
+    if isinstance(path, Checkpoint):
+        return path.obj
     path = os.fspath(path)
     if not os.path.exists(path):
         raise CheckpointError(path, "no such file")
@@ -62,8 +87,8 @@ def read_checkpoint_meta(path: str | os.PathLike) -> dict:
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    path = os.fspath(path)
     obj = _read_object(path)
+    path = os.fspath(path)
     while isinstance(obj, Mapping) and not any(torch.is_tensor(v) for v in obj.values()):
         inner = next((obj[k] for k in _WRAPPER_KEYS if k in obj and isinstance(obj[k], Mapping)), None)
         if inner is None:
@@ -101,33 +126,114 @@ def convert_state_dict(state_dict: Mapping[str, torch.Tensor], arch: str, path: 
     return layout.NAME, layout.to_ours(dict(state_dict), arch)
 
 
-def load_pretrained(model: torch.nn.Module, path: str | os.PathLike, strict: bool = True) -> str:
-    """Load `path` into `model` in place; returns the detected layout's name.
+class LoadReport(str):
+    """What `load_pretrained` returns: the detected layout's name (a str, as it always was), carrying
+    the keys that were not loaded: `missing`, `unexpected`, `mismatched` (in shape), and `reasons`
+    (key -> why a table could not be fitted to the model)."""
 
-    With strict=True, any missing or unexpected key raises a CheckpointError listing them.
+    def __new__(cls, layout: str, missing=(), unexpected=(), mismatched=(), reasons: Mapping[str, str] | None = None):
+        report = super().__new__(cls, layout)
+        report.missing, report.unexpected = tuple(missing), tuple(unexpected)
+        report.mismatched, report.reasons = tuple(mismatched), dict(reasons or {})
+        return report
+
+    @property
+    def layout(self) -> str:
+        return str.__str__(self)
+
+    @property
+    def complete(self) -> bool:
+        """Every key of the model was loaded, and every key of the checkpoint used."""
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def describe(self) -> str:
+        """The keys left out, in one line: 'missing keys: ...; unexpected keys: ...; ...'."""
+        parts = []
+        for label, keys in (("missing", self.missing), ("unexpected", self.unexpected),
+                            ("shape mismatch", self.mismatched)):
+            if keys:
+                shown = ", ".join(keys[:20]) + (f", ... ({len(keys)} in all)" if len(keys) > 20 else "")
+                parts.append(f"{label} keys: {shown}")
+        parts.extend(f"{key}: {reason}" for key, reason in self.reasons.items())
+        return "; ".join(parts)
+
+
+def checkpoint_source(checkpoint: Checkpoint, layout, arch: str) -> dict:
+    """How the checkpoint's own model was built, as far as it can be told: constructor arguments such
+    as num_frames, image_size, patch/tubelet size and variant. Ours: the registered spec it names with
+    the model_kwargs it records; a foreign layout: what its module's `source_kwargs(path, arch)` reads
+    (HF: the config.json saved beside the weights). Empty when nothing says."""
+    meta = read_checkpoint_meta(checkpoint)
+    if meta.get("model_name"):
+        from spatiotemporal.models.registry import canonical_kwargs, get_spec
+
+        try:
+            spec = get_spec(meta["model_name"])
+        except KeyError:
+            return dict(meta.get("model_kwargs") or {})
+        return {
+            **canonical_kwargs(spec, spec.kwargs),
+            **canonical_kwargs(spec, meta.get("model_kwargs") or {}, "the checkpoint's model_kwargs"),
+        }
+    describe = getattr(layout, "source_kwargs", None)
+    return dict(describe(checkpoint.path, arch) or {}) if describe is not None else {}
+
+
+def _adapted(model, ours: dict, source: dict, path, strict: bool) -> tuple[dict, dict[str, str]]:
+    """`model.adapt_checkpoint(ours, source)`. A table it cannot fit is an error naming the key; with
+    strict=False it is kept out of the adaptation, and its reason returned (the loader then leaves
+    it out as a mismatch)."""
+    from spatiotemporal.tokens.pos_embed import PositionTableError
+
+    adapt = getattr(model, "adapt_checkpoint", None)
+    if adapt is None:
+        return ours, {}
+    held: dict[str, torch.Tensor] = {}
+    reasons: dict[str, str] = {}
+    while True:
+        try:
+            adapted = adapt({k: v for k, v in ours.items() if k not in held}, source)
+        except PositionTableError as err:
+            if strict or err.key is None or err.key in held:
+                raise CheckpointError(path, str(err)) from None
+            held[err.key], reasons[err.key] = ours[err.key], err.reason
+            continue
+        return {**adapted, **held}, reasons
+
+
+def load_pretrained(model: torch.nn.Module, path, strict: bool = True) -> LoadReport:
+    """Load `path` (or a `Checkpoint` already read) into `model` in place; returns a LoadReport: the
+    detected layout's name, with the keys that were not loaded.
+
+    The model adapts the checkpoint to its own configuration first (position tables of another grid,
+    an image model's patch embedding), told how the checkpoint's model was built when the checkpoint
+    says (`checkpoint_source`). With strict=True, any missing, unexpected or mismatched key raises a
+    CheckpointError listing them; with strict=False the keys that fit are loaded and one warning lists
+    the others in the same words.
     """
     arch = getattr(model, "arch", None)
     if arch is None:
         raise TypeError(f"{type(model).__name__} has no `arch` attribute; cannot pick a converter")
-    state_dict = read_state_dict(path)
-    layout_name, ours = convert_state_dict(state_dict, arch, os.fspath(path))
-    # A model may adapt a checkpoint to its own configuration (e.g. resize position tables).
-    adapt = getattr(model, "adapt_checkpoint", None)
-    if adapt is not None:
-        ours = adapt(ours)
+    checkpoint = read_checkpoint(path)
+    path = checkpoint.path
+    state_dict = read_state_dict(checkpoint)
+    layout = detect_layout(state_dict, arch)
+    layout_name, ours = convert_state_dict(state_dict, arch, path)
+    ours, reasons = _adapted(model, ours, checkpoint_source(checkpoint, layout, arch), path, strict)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(ours))
     unexpected = sorted(set(ours) - set(expected))
+    # A table the model could not fit is left out even where its shape happens to match.
     mismatched = sorted(
-        k for k in set(expected) & set(ours) if tuple(expected[k].shape) != tuple(ours[k].shape)
+        k for k in set(expected) & set(ours) if tuple(expected[k].shape) != tuple(ours[k].shape) or k in reasons
     )
-    if strict and (missing or unexpected or mismatched):
-        parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
-            if keys:
-                shown = ", ".join(keys[:20]) + (f", ... ({len(keys)} in all)" if len(keys) > 20 else "")
-                parts.append(f"{label} keys: {shown}")
-        raise CheckpointError(path, f"{layout_name} checkpoint does not fit {arch}: " + "; ".join(parts))
+    report = LoadReport(layout_name, missing, unexpected, mismatched, reasons)
+    if not report.complete:
+        message = f"{layout_name} checkpoint does not fit {arch}"
+        if strict:
+            raise CheckpointError(path, f"{message}: {report.describe()}")
+        warnings.warn(f"{path}: {message}; loaded the rest (strict=False), left out {report.describe()}",
+                      stacklevel=2)
     usable = {k: v for k, v in ours.items() if k in expected and k not in mismatched}
     model.load_state_dict(usable, strict=False)
-    return layout_name
+    return report

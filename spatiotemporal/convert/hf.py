@@ -7,9 +7,13 @@ ours fuses them into one qkv projection, in q, k, v order.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 
 import torch
+
+from spatiotemporal.io.errors import CheckpointError
 
 NAME = "hf-transformers"
 
@@ -67,6 +71,30 @@ _VIVIT_UNUSED = re.compile(r"vivit\.pooler\..*")
 def matches(state_dict, arch: str) -> bool:
     prefix = _PREFIX.get(arch)
     return prefix is not None and any(k.startswith(prefix) for k in state_dict)
+
+
+def source_kwargs(path: str, arch: str) -> dict:
+    """How the checkpoint's HF model was built, in our constructor's words: from the config.json that
+    `save_pretrained` writes beside the weights. HF's ViViT is always Model 1 (joint)."""
+    known: dict = {"variant": "joint"} if arch == "vivit" else {}
+    config_path = os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
+    if not os.path.isfile(config_path):
+        return known
+    try:
+        with open(config_path) as f:
+            config = json.load(f)
+    except (OSError, ValueError) as err:
+        raise CheckpointError(config_path, f"cannot read the HF config beside the weights: {err}") from err
+    if not isinstance(config, dict) or config.get("model_type") != arch:
+        return known  # another model's config; it says nothing about these weights
+    for ours, theirs in (("num_frames", "num_frames"), ("image_size", "image_size"), ("patch_size", "patch_size"),
+                         ("attention_type", "attention_type")):
+        if theirs in config:
+            known[ours] = config[theirs]
+    if arch == "vivit" and "tubelet_size" in config:
+        known["tubelet_size"] = tuple(config["tubelet_size"])
+        known.pop("patch_size", None)
+    return known
 
 
 def _rename(key: str, rules) -> str:

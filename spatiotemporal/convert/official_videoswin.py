@@ -1,8 +1,9 @@
 """Video-Swin-Transformer (SwinTransformer/Video-Swin-Transformer) checkpoints: mmaction `.pth`.
 
 The file holds `{"state_dict": ...}` with the backbone under `backbone.` (SwinTransformer3D:
-`patch_embed`, `layers.{i}.blocks.{j}`, `layers.{i}.downsample`, `norm`) and the classifier under
-`cls_head.fc_cls` (I3DHead). Stages are `layers` there and `stages` here; the rest of the names agree.
+`patch_embed`, `layers.{i}.blocks.{j}`, `layers.{i}.downsample`, `norm`; mmaction2 1.x calls the final
+norm `norm3`, after the stage it follows) and the classifier under `cls_head.fc_cls` (I3DHead). Stages
+are `layers` there and `stages` here; the rest of the names agree.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ def to_ours(state_dict, arch: str):
             out["head." + key.removeprefix("cls_head.fc_cls.")] = value
             continue
         key = key.removeprefix("backbone.")
+        # mmaction2 1.x names the final norm after its output stage (out_indices=(3,)): `norm3`.
+        key = re.sub(r"^norm3\.", "norm.", key)
         out[re.sub(r"^layers\.(\d+)\.", r"stages.\1.", key)] = value
     return out
 

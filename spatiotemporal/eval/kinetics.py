@@ -202,6 +202,10 @@ class KineticsEvaluator:
         per_class = {
             self.class_names[c]: float(confusion[c, c] / counts[c]) for c in range(self.num_classes) if present[c]
         }
+        # mmaction2 averages over every class that is a label or a top-1 prediction, so a class that
+        # is only ever predicted counts as 0. On a full validation set every class is a label and
+        # this is the plain mean of the per-class accuracies; on a partial one it is lower.
+        counted_classes = int((present | (confusion.sum(axis=0) > 0)).sum())
         n = len(evaluated)
         return KineticsSummary(
             num_annotated=num_annotated,
@@ -213,7 +217,7 @@ class KineticsEvaluator:
             top5=top5 / n if n else math.nan,
             top1_all=top1 / num_annotated if num_annotated else math.nan,
             top5_all=top5 / num_annotated if num_annotated else math.nan,
-            mean_class_accuracy=float(np.mean(list(per_class.values()))) if per_class else math.nan,
+            mean_class_accuracy=sum(per_class.values()) / counted_classes if per_class else math.nan,
             per_class_accuracy=per_class,
             class_counts={self.class_names[c]: int(counts[c]) for c in range(self.num_classes) if present[c]},
             incomplete_videos={

@@ -128,22 +128,26 @@ class WindowAttention3d(nn.Module):
         # Derived from the window size alone, so it is never part of a checkpoint.
         self.register_buffer("relative_position_index", relative_position_index(self.window_size), persistent=False)
         # Inference reuses the index and mask of the last input geometry (see `_cached`).
-        self._cache: dict[str, tuple[tuple, tuple]] = {}
+        self._cache: dict[str, tuple] = {}
 
-    def _cached(self, name: str, key: tuple, make):
+    def _cached(self, name: str, key: tuple, make, depends_on: torch.Tensor | None = None):
         """`make()` memoised on `key` while no autograd or compiler is watching.
 
         Gather indices depend only on the geometry and the mask only on it and the bias table, so a
-        video job that feeds clip after clip of one size builds them once. The table's version
-        counter is part of the mask's key, so an optimizer step or a new checkpoint invalidates it.
+        video job that feeds clip after clip of one size builds them once (on CPU a shifted mask
+        costs about two thirds as much as the rest of the attention). The mask is kept with a copy of
+        the table it was built from and rebuilt when the table's values differ: writes through
+        `.data` (old-style optimizers, EMA code) change the values without bumping the version
+        counter, so neither the version nor the storage tells.
         """
         if torch.is_grad_enabled() or torch.compiler.is_compiling():
             return make()
         hit = self._cache.get(name)
-        if hit is not None and hit[0] == key:
+        if hit is not None and hit[0] == key and (depends_on is None or torch.equal(hit[2], depends_on)):
             return hit[1]
         value = make()
-        self._cache[name] = (key, value)
+        snapshot = depends_on.detach().clone() if depends_on is not None else None
+        self._cache[name] = (key, value, snapshot)
         return value
 
     def relative_position_bias(self, window: Size3) -> torch.Tensor:
@@ -182,11 +186,11 @@ class WindowAttention3d(nn.Module):
             tokens = torch.cat((tokens, tokens.new_zeros(b, 1, c)), dim=1)
         windows = tokens.index_select(1, gather)
         q, k, v = rearrange(self.qkv(windows), "b (nw n) (three h d) -> three (b nw) h n d", n=n, three=3, h=self.num_heads)
-        table = self.relative_position_bias_table
         mask = self._cached(
             "mask",
-            (padded, window, shift, q.dtype, table.device, table.data_ptr(), table._version),
+            (padded, window, shift, q.dtype, q.device),
             lambda: self.attention_mask(padded, window, shift, q.dtype),
+            depends_on=self.relative_position_bias_table,
         )
         dropout = self.attn_drop if self.training else 0.0
         if any(shift) and b > 1:

@@ -9,7 +9,9 @@ per block. Checkpoints from torchvision (`mvit_v2_s`) and SlowFast `.pyth` files
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -124,13 +126,14 @@ class MViTv2(nn.Module):
         config: MViTConfig = MViTConfig(),
         num_classes: int = 400,
         num_frames: int = 16,
-        img_size: int = 224,
+        image_size: int = 224,
         in_channels: int = 3,
         drop_path: float | None = None,
         grad_checkpointing: bool = False,
     ):
         super().__init__()
         self.config = config
+        self.num_frames, self.image_size = num_frames, image_size
         self.patch_embed = ConvPatchEmbed3d(
             in_channels, config.embed_dim, config.patch_kernel, config.patch_stride, config.patch_padding
         )
@@ -138,8 +141,8 @@ class MViTv2(nn.Module):
         # The grid the relative-position tables are sized for; other inputs interpolate them.
         grid: Size3 = (
             num_frames // config.patch_stride[0],
-            img_size // config.patch_stride[1],
-            img_size // config.patch_stride[2],
+            image_size // config.patch_stride[1],
+            image_size // config.patch_stride[2],
         )
         rate = config.drop_path if drop_path is None else drop_path
         settings = block_settings(config)
@@ -159,9 +162,12 @@ class MViTv2(nn.Module):
         """Recompute each block's activations in backward instead of storing them."""
         self.grad_checkpointing = enabled
 
-    def adapt_checkpoint(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def adapt_checkpoint(
+        self, state_dict: dict[str, torch.Tensor], source: Mapping[str, Any] | None = None
+    ) -> dict[str, torch.Tensor]:
         """Resample a checkpoint's relative-position tables to this model's frames and resolution,
-        so weights trained at 16x224 fine-tune at, say, 32x312 (called by `load_pretrained`)."""
+        so weights trained at 16x224 fine-tune at, say, 32x312 (called by `load_pretrained`). A table's
+        length alone tells its size, so the checkpoint's geometry (`source`) is not needed."""
         own = self.state_dict()
         out = dict(state_dict)
         for key, table in state_dict.items():
@@ -201,14 +207,13 @@ CONFIGS: dict[str, MViTConfig] = {
 KINETICS_PREPROCESS = Preprocess(mean=(0.45, 0.45, 0.45), std=(0.225, 0.225, 0.225), layout="BCTHW")
 # MViTv2's Kinetics protocol (SlowFast configs): 5 temporal clips placed with USE_OFFSET_SAMPLING x
 # 1 centre crop; one crop means SlowFast resizes to TRAIN_JITTER_SCALES[0] = 256 before cropping 224.
+# Videos are resampled to SlowFast's TARGET_FPS of 30 first.
 MVIT_PROTOCOL = TestProtocol(temporal_views=5, spatial_crops=1, aggregation="softmax", short_side=256,
-                             anchor="slowfast_offset")
+                             anchor="slowfast_offset", target_fps=30.0)
 
 
-def _build(config_name: str, num_frames: int, img_size: int):
+def _build(config_name: str):
     def build(num_classes: int = 400, **overrides) -> MViTv2:
-        overrides.setdefault("num_frames", num_frames)
-        overrides.setdefault("img_size", img_size)
         config, rest = split_config_overrides(CONFIGS[config_name], overrides)
         return MViTv2(config, num_classes=num_classes, **rest)
 
@@ -216,11 +221,16 @@ def _build(config_name: str, num_frames: int, img_size: int):
     return build
 
 
+# Configs written before every video model took `image_size` name it `img_size` here.
+_ALIASES = {"img_size": "image_size"}
+
 register_model(
     ModelSpec(
         name="mvitv2_s",
         family="video",
-        builder=_build("mvitv2_s", 16, 224),
+        builder=_build("mvitv2_s"),
+        kwargs={"num_frames": 16, "image_size": 224},
+        kwarg_aliases=_ALIASES,
         num_frames=16,
         frame_stride=4,
         crop_size=224,
@@ -235,7 +245,9 @@ register_model(
     ModelSpec(
         name="mvitv2_b",
         family="video",
-        builder=_build("mvitv2_b", 32, 224),
+        builder=_build("mvitv2_b"),
+        kwargs={"num_frames": 32, "image_size": 224},
+        kwarg_aliases=_ALIASES,
         num_frames=32,
         frame_stride=3,
         crop_size=224,
@@ -250,7 +262,9 @@ register_model(
     ModelSpec(
         name="mvitv2_tiny",
         family="video",
-        builder=_build("mvitv2_tiny", 8, 96),
+        builder=_build("mvitv2_tiny"),
+        kwargs={"num_frames": 8, "image_size": 96},
+        kwarg_aliases=_ALIASES,
         num_frames=8,
         frame_stride=4,
         crop_size=96,

@@ -41,6 +41,12 @@ class TestProtocol:
     aggregation: str = "softmax"  # or "logits" (ViViT/scenic, TimeSformer)
     short_side: int | None = None  # resize before cropping, at the spec's crop size; None means crop_size
     anchor: str = "mmaction2"  # where the temporal views sit: a `spatiotemporal.data.sampling.Anchor`
+    # The frame rate the test code resamples every video to before placing views (SlowFast's
+    # TARGET_FPS); None: frames are taken as the video has them.
+    target_fps: float | None = None
+    # How views are sized and cropped: a `spatiotemporal.io.video.Geometry` ("slowfast" floors the
+    # resized long side and rounds crop offsets up; "mmaction2" rounds the side, offsets down).
+    geometry: str = "slowfast"
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,8 @@ class ModelSpec:
     published_params_m: float | None = None  # millions, with `num_classes` outputs
     params_source: str = ""
     description: str = ""
+    # Older names of constructor arguments (old name -> name), still accepted from configs and checkpoints.
+    kwarg_aliases: dict[str, str] = field(default_factory=dict)
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -111,28 +119,101 @@ def get_spec(name: str) -> ModelSpec:
         raise KeyError(f"unknown model {name!r}; known: {', '.join(list_models())}") from None
 
 
-def create_model(
-    name: str,
-    num_classes: int | None = None,
-    pretrained: str | None = None,
-    strict: bool = True,
-    **overrides: Any,
-):
-    """Build a registered model. `pretrained` is a checkpoint path in any supported layout.
+def canonical_kwargs(spec: ModelSpec, kwargs: dict[str, Any], where: str = "the arguments") -> dict[str, Any]:
+    """`kwargs` with the spec's old argument names replaced by the current ones."""
+    out = dict(kwargs)
+    for old, new in spec.kwarg_aliases.items():
+        if old in out:
+            value = out.pop(old)
+            if new in out and out[new] != value:
+                raise ValueError(f"{spec.name}: {where} gives both {old}={value!r} and {new}={out[new]!r}")
+            out[new] = value
+    return out
 
-    Our training checkpoints record the overrides and classes they were trained with; those are
-    applied before explicit arguments, so a fine-tuned tiny model loads from its path alone.
+
+def built_spec(spec: ModelSpec, kwargs: dict[str, Any], clip: dict[str, Any] | None = None,
+               explicit: dict[str, Any] | None = None) -> ModelSpec:
+    """The spec of a video model as built: its clip geometry follows the model's `num_frames` and
+    `image_size` (from overrides or a checkpoint's kwargs), then a checkpoint's record of the clips
+    it was trained on (`clip`), then frames and size given explicitly. Unchanged: `spec` itself.
+
+    A crop other than the paper's is not resized to the paper's short side (training's rule too):
+    its test resize is the checkpoint's, or the crop itself.
     """
+    if spec.family != "video":
+        return spec
+    geometry = {"num_frames": spec.num_frames, "frame_stride": spec.frame_stride,
+                "crop_size": spec.crop_size, "short_side": spec.protocol.short_side}
+
+    def set_crop(size: int | None) -> None:
+        if size is not None and size != geometry["crop_size"]:
+            geometry.update(crop_size=size, short_side=None)
+
+    geometry["num_frames"] = kwargs.get("num_frames", geometry["num_frames"])
+    set_crop(kwargs.get("image_size"))
+    clip = clip or {}
+    for key in ("num_frames", "frame_stride"):
+        if clip.get(key) is not None:
+            geometry[key] = clip[key]
+    set_crop(clip.get("crop_size"))
+    if "short_side" in clip:
+        geometry["short_side"] = clip["short_side"]
+    explicit = explicit or {}
+    if explicit.get("num_frames") is not None:
+        geometry["num_frames"] = explicit["num_frames"]
+    set_crop(explicit.get("image_size"))
+    built_kwargs = {k: v for k, v in kwargs.items() if k != "num_classes"}
+    if all(getattr(spec, k) == geometry[k] for k in ("num_frames", "frame_stride", "crop_size")) and (
+        spec.protocol.short_side == geometry["short_side"]
+    ) and built_kwargs == spec.kwargs:
+        return spec
+    return dataclasses.replace(
+        spec,
+        kwargs=built_kwargs,
+        num_frames=geometry["num_frames"],
+        frame_stride=geometry["frame_stride"],
+        crop_size=geometry["crop_size"],
+        protocol=dataclasses.replace(spec.protocol, short_side=geometry["short_side"]),
+    )
+
+
+def _plan(name: str, num_classes: int | None, pretrained: Any, overrides: dict[str, Any]):
+    """(checkpoint read once or None, builder kwargs, spec as built) for `create_model`'s arguments."""
     spec = get_spec(name)
     meta = {}
     if pretrained is not None:
-        from spatiotemporal.convert import read_checkpoint_meta
+        from spatiotemporal.convert import read_checkpoint, read_checkpoint_meta
 
+        pretrained = read_checkpoint(pretrained)  # read once, for the metadata and the weights
         meta = read_checkpoint_meta(pretrained)
-    kwargs = {**spec.kwargs, **meta.get("model_kwargs", {}), **overrides}
+    overrides = canonical_kwargs(spec, overrides, "the arguments")
+    kwargs = {
+        **canonical_kwargs(spec, spec.kwargs, "the spec"),
+        **canonical_kwargs(spec, meta.get("model_kwargs", {}), "the checkpoint's model_kwargs"),
+        **overrides,
+    }
     if num_classes is None:
         num_classes = meta.get("num_classes", spec.num_classes)
     kwargs["num_classes"] = num_classes
+    return pretrained, kwargs, built_spec(spec, kwargs, meta.get("clip"), overrides)
+
+
+def create_model(
+    name: str,
+    num_classes: int | None = None,
+    pretrained: Any = None,
+    strict: bool = True,
+    **overrides: Any,
+):
+    """Build a registered model. `pretrained` is a checkpoint path in any supported layout (or one
+    already read by `spatiotemporal.convert.read_checkpoint`).
+
+    Our training checkpoints record the overrides, classes and clip geometry they were trained with;
+    those are applied before explicit arguments, so a fine-tuned tiny model loads from its path alone.
+    Every video model takes `num_frames` and `image_size`; `model.spec` is the registered spec with the
+    clip geometry the model was built and trained for, which is what inference feeds it.
+    """
+    pretrained, kwargs, spec = _plan(name, num_classes, pretrained, overrides)
     model = spec.builder(**kwargs)
     model.spec = spec
     model.num_classes = kwargs["num_classes"]
@@ -141,6 +222,12 @@ def create_model(
 
         load_pretrained(model, pretrained, strict=strict)
     return model
+
+
+def resolved_spec(name: str, pretrained: Any = None, **overrides: Any) -> ModelSpec:
+    """`create_model(name, pretrained=..., **overrides).spec` without building the model: for a front
+    end that cuts clips before (or away from) where the model is built."""
+    return _plan(name, None, pretrained, overrides)[2]
 
 
 def count_parameters(model) -> int:

@@ -9,7 +9,8 @@ Module names follow the official code, so its checkpoints map by prefix alone.
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import torch
 from einops import rearrange, reduce
@@ -47,6 +48,7 @@ class TimeSformer(nn.Module):
         drop_path_rate: float = 0.0,
         norm_eps: float = 1e-6,
         grad_checkpointing: bool = False,
+        pos_interpolation: str = "nearest",
     ):
         super().__init__()
         if attention_type not in ATTENTION_TYPES:
@@ -59,10 +61,14 @@ class TimeSformer(nn.Module):
 
         self.patch_embed = PatchEmbed2d(in_channels, embed_dim, patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = LearnedPosEmbed((grid, grid), embed_dim, num_prefix_tokens=1)
+        # Both tables are resized with `pos_interpolation`: 'nearest', as the official vit.py and HF
+        # resize them for inputs of another size, so their weights give their outputs there too.
+        self.pos_embed = LearnedPosEmbed((grid, grid), embed_dim, num_prefix_tokens=1, mode=pos_interpolation)
         # Zeros, as the official code starts them (only the spatial table is drawn at random).
         self.time_embed = (
-            LearnedPosEmbed((num_frames,), embed_dim, init_std=0.0) if attention_type != "space_only" else None
+            LearnedPosEmbed((num_frames,), embed_dim, init_std=0.0, mode=pos_interpolation)
+            if attention_type != "space_only"
+            else None
         )
         self.pos_drop = nn.Dropout(drop_rate)
 
@@ -93,6 +99,10 @@ class TimeSformer(nn.Module):
                 nn.init.zeros_(block.temporal_fc.weight)
                 nn.init.zeros_(block.temporal_fc.bias)
 
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute each block's activations in backward instead of storing them."""
+        self.grad_checkpointing = enabled
+
     def embed(self, video: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
         """(B, C, T, H, W) -> tokens (B, 1 + T*N, D), or (B*T, 1 + N, D) for space-only attention."""
         patches, grid = self.patch_embed(video)  # (B, T, N, D)
@@ -120,9 +130,24 @@ class TimeSformer(nn.Module):
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         return self.head(self.head_drop(self.forward_features(video)))
 
-    def adapt_checkpoint(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Resize position tables of a checkpoint trained at another frame count or resolution."""
-        return adapt_pos_embeds(self, state_dict)
+    def adapt_checkpoint(
+        self, state_dict: dict[str, torch.Tensor], source: Mapping[str, Any] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Resize position tables of a checkpoint trained at another frame count or resolution.
+
+        `source` (how the checkpoint's model was built, when its metadata says) gives the tables' grids;
+        without it the spatial table is taken as square and the time table as one row per frame.
+        """
+        source = dict(source or {})
+        grids = {}
+        patch = state_dict.get("patch_embed.proj.weight")
+        patch_size = patch.shape[-1] if patch is not None else source.get("patch_size")
+        if source.get("image_size") and patch_size:
+            side = source["image_size"] // patch_size
+            grids["pos_embed.weight"] = ((side, side), 1)
+        if source.get("num_frames"):
+            grids["time_embed.weight"] = ((source["num_frames"],), 0)
+        return adapt_pos_embeds(self, state_dict, grids)
 
 
 def _build(**kwargs) -> TimeSformer:
@@ -133,6 +158,7 @@ def _build(**kwargs) -> TimeSformer:
 # the paper tests with 1 temporal clip x 3 spatial crops of the short side.
 _PREPROCESS = Preprocess(mean=(0.45, 0.45, 0.45), std=(0.225, 0.225, 0.225), layout="BCTHW")
 _PAPER = "TimeSformer paper (Bertasius et al. 2021), Table 1/7"
+_TINY_SUFFIXES = ("_tiny", "_tiny_joint", "_tiny_space_only")
 
 
 def _spec(name: str, frames: int, stride: int, size: int, description: str, **kwargs) -> ModelSpec:
@@ -148,9 +174,10 @@ def _spec(name: str, frames: int, stride: int, size: int, description: str, **kw
             crop_size=size,
             preprocess=_PREPROCESS,
             # The official test (SlowFast's loader, no offset) sums the head's raw logits over 3 crops
-            # taken at short side = crop size.
+            # taken at short side = crop size, on videos resampled to its TARGET_FPS of 30. The tiny
+            # models are trained here on frames as they are, so they are tested the same way.
             protocol=TestProtocol(temporal_views=1, spatial_crops=3, aggregation="logits", short_side=size,
-                                  anchor="slowfast"),
+                                  anchor="slowfast", target_fps=None if name.endswith(_TINY_SUFFIXES) else 30.0),
             published_params_m=published,
             params_source=_PAPER if published else "",
             description=description,

@@ -76,16 +76,20 @@ class SwinStage(nn.Module):
             for i in range(depth)
         )
         self.downsample = PatchMerging3d(dim) if downsample else None
-        self.grad_checkpointing = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, checkpointed: bool = False) -> torch.Tensor:
         for block in self.blocks:
-            x = run_block(block, x, checkpointed=self.grad_checkpointing)
+            x = run_block(block, x, checkpointed=checkpointed)
         return x if self.downsample is None else self.downsample(x)
 
 
 class VideoSwin(nn.Module):
-    """(B, C, T, H, W) normalised clip -> logits (B, num_classes)."""
+    """(B, C, T, H, W) normalised clip -> logits (B, num_classes).
+
+    No parameter depends on the input size (windows are clipped and the input padded), so
+    `num_frames` and `image_size` only record the clip the model is meant for, as the other video
+    models' do.
+    """
 
     arch = "video_swin"
 
@@ -96,9 +100,13 @@ class VideoSwin(nn.Module):
         in_channels: int = 3,
         drop_path: float | None = None,
         grad_checkpointing: bool = False,
+        num_frames: int | None = None,
+        image_size: int | None = None,
     ):
         super().__init__()
         self.config = config
+        self.num_frames, self.image_size = num_frames, image_size
+        self.grad_checkpointing = grad_checkpointing
         self.patch_embed = PatchPartition3d(config.patch_size, in_channels, config.embed_dim, norm=True)
         total = sum(config.depths)
         rate = config.drop_path if drop_path is None else drop_path
@@ -124,18 +132,16 @@ class VideoSwin(nn.Module):
         self.head_drop = nn.Dropout(config.head_dropout)
         self.head = nn.Linear(self.num_features, num_classes)
         self.apply(_init_weights)
-        self.set_grad_checkpointing(grad_checkpointing)
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         """Recompute each block's activations in backward instead of storing them."""
-        for stage in self.stages:
-            stage.grad_checkpointing = enabled
+        self.grad_checkpointing = enabled
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Clip (B, C, T, H, W) -> pooled embedding (B, D)."""
         x = self.patch_embed(x)
         for stage in self.stages:
-            x = stage(x)
+            x = stage(x, checkpointed=self.grad_checkpointing)
         return self.norm(x).mean(dim=(1, 2, 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -160,9 +166,9 @@ CONFIGS: dict[str, SwinConfig] = {
 # torchvision's Swin3D weights use the ImageNet statistics (Swin3D_*_Weights transforms).
 IMAGENET = Preprocess(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), layout="BCTHW")
 # Video Swin's Kinetics protocol (its mmaction2 0.x configs): 4 temporal clips x 3 spatial crops,
-# short side 224.
+# short side 224, sized by mmcv's Resize(scale=(-1, 224)) and cut by mmaction2's ThreeCrop.
 SWIN_PROTOCOL = TestProtocol(temporal_views=4, spatial_crops=3, aggregation="softmax", short_side=224,
-                             anchor="mmaction2_0x")
+                             anchor="mmaction2_0x", geometry="mmaction2")
 
 
 def _build(config_name: str):
@@ -186,6 +192,7 @@ for _name in ("swin3d_t", "swin3d_s", "swin3d_b"):
             name=_name,
             family="video",
             builder=_build(_name),
+            kwargs={"num_frames": 32, "image_size": 224},
             num_frames=32,
             frame_stride=2,
             crop_size=224,
@@ -202,6 +209,7 @@ register_model(
         name="swin3d_tiny",
         family="video",
         builder=_build("swin3d_tiny"),
+        kwargs={"num_frames": 8, "image_size": 112},
         num_frames=8,
         frame_stride=4,
         crop_size=112,

@@ -13,7 +13,9 @@ and classify the mean of the final tokens. The MLPs use the tanh GELU of the ref
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import torch
 from einops import rearrange
@@ -28,8 +30,8 @@ from spatiotemporal.layers.space_time_attention import (
     make_norm,
 )
 from spatiotemporal.models.registry import ModelSpec, Preprocess, TestProtocol, register_model
-from spatiotemporal.tokens.patch_embed import TubeletEmbed
-from spatiotemporal.tokens.pos_embed import LearnedPosEmbed, adapt_pos_embeds
+from spatiotemporal.tokens.patch_embed import INFLATION_MODES, InflationMode, TubeletEmbed, inflate_patch_weight
+from spatiotemporal.tokens.pos_embed import LearnedPosEmbed, PositionTableError, adapt_pos_embeds
 
 Variant = Literal["joint", "factorised_encoder", "factorised_self_attention", "factorised_dot_product"]
 VARIANTS = ("joint", "factorised_encoder", "factorised_self_attention", "factorised_dot_product")
@@ -64,14 +66,20 @@ class ViViT(nn.Module):
         drop_path_rate: float = 0.0,
         norm_eps: float = 1e-6,
         grad_checkpointing: bool = False,
+        inflation: InflationMode = "central_frame",
+        pos_interpolation: str | None = None,
     ):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        if inflation not in INFLATION_MODES:
+            raise ValueError(f"inflation must be one of {INFLATION_MODES}, got {inflation!r}")
         self.variant = variant
         self.num_frames, self.image_size = num_frames, image_size
         self.embed_dim = embed_dim
         self.grad_checkpointing = grad_checkpointing
+        # How a 2D (image) patch embedding in a checkpoint becomes this model's tubelet embedding.
+        self.inflation = inflation
         self.use_cls_token = variant in ("joint", "factorised_encoder")
         grid = (num_frames // tubelet_size[0], image_size // tubelet_size[1], image_size // tubelet_size[2])
 
@@ -79,7 +87,7 @@ class ViViT(nn.Module):
         prefix = 1 if self.use_cls_token else 0
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if self.use_cls_token else None
         pos_grid = grid[1:] if variant == "factorised_encoder" else grid
-        self.pos_embed = LearnedPosEmbed(pos_grid, embed_dim, num_prefix_tokens=prefix)
+        self.pos_embed = LearnedPosEmbed(pos_grid, embed_dim, num_prefix_tokens=prefix, mode=pos_interpolation)
         self.pos_drop = nn.Dropout(drop_rate)
 
         spatial_depth = depth
@@ -94,7 +102,7 @@ class ViViT(nn.Module):
         self.norm = make_norm(embed_dim, norm_eps)
         if variant == "factorised_encoder":
             self.temporal_cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-            self.temporal_pos_embed = LearnedPosEmbed(grid[:1], embed_dim, num_prefix_tokens=1)
+            self.temporal_pos_embed = LearnedPosEmbed(grid[:1], embed_dim, num_prefix_tokens=1, mode=pos_interpolation)
             self.temporal_blocks = nn.ModuleList(
                 Block(embed_dim, num_heads, drop_path=rate, **common) for rate in rates[spatial_depth:]
             )
@@ -114,6 +122,10 @@ class ViViT(nn.Module):
         # The reference zero-initialises the classifier so fine-tuning starts from uniform logits.
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute each block's activations in backward instead of storing them."""
+        self.grad_checkpointing = enabled
 
     def _run(self, blocks: nn.ModuleList, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         for block in blocks:
@@ -144,9 +156,68 @@ class ViViT(nn.Module):
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         return self.head(self.head_drop(self.forward_features(video)))
 
-    def adapt_checkpoint(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Resize position tables of a checkpoint trained at another frame count or resolution."""
-        return adapt_pos_embeds(self, state_dict)
+    def adapt_checkpoint(
+        self, state_dict: dict[str, torch.Tensor], source: Mapping[str, Any] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Fit a checkpoint to this model (called by `load_pretrained`).
+
+        An image model's 2D patch embedding is inflated to tubelets (`self.inflation`), and position
+        tables are resized from the checkpoint's grid: known from `source` (how the checkpoint's model
+        was built, when its metadata says so) and from the checkpoint itself (an image or a factorised
+        encoder has a spatial table, the other variants a space-time one); guessed only otherwise.
+        """
+        state = dict(state_dict)
+        patch = state.get("patch_embed.proj.weight")
+        image = patch is not None and patch.ndim == 4
+        if image:
+            frames = self.patch_embed.tubelet_size[0]
+            state["patch_embed.proj.weight"] = inflate_patch_weight(patch, frames, self.inflation)
+        return adapt_pos_embeds(self, state, self._checkpoint_grids(state, dict(source or {}), patch, image))
+
+    def _checkpoint_grids(self, state: dict, source: dict, patch: torch.Tensor | None, image: bool) -> dict:
+        """(grid, prefix tokens) of the checkpoint's position tables, as far as it can be told."""
+        variant = source.get("variant")
+        if image or variant == "factorised_encoder" or (variant is None and "temporal_pos_embed.weight" in state):
+            kind = "space"
+        elif variant is not None or (patch is not None and patch.ndim == 5):
+            kind = "space_time"
+        else:
+            return {}
+        if patch is not None:
+            tubelet = (1, *patch.shape[-2:]) if image else tuple(patch.shape[2:])
+        else:
+            tubelet = tuple(source.get("tubelet_size") or self.patch_embed.tubelet_size)
+        size, frames = source.get("image_size"), source.get("num_frames")
+        space = (size // tubelet[1], size // tubelet[2]) if size and not image else None
+        grids: dict[str, tuple] = {}
+        if frames and not image and "temporal_pos_embed.weight" in state:
+            grids["temporal_pos_embed.weight"] = ((frames // tubelet[0],), 1)
+        table = state.get("pos_embed.weight")
+        if table is None or table.ndim != 3:
+            return grids
+        if kind == "space_time":
+            if self.variant == "factorised_encoder":
+                raise PositionTableError(
+                    "pos_embed.weight",
+                    f"the checkpoint's table ({table.shape[1]} tokens) covers space and time, and the factorised "
+                    f"encoder's covers space only (1 + {self.pos_embed.grid}); a joint, factorised self-attention "
+                    "or dot-product checkpoint does not initialise Model 2",
+                )
+            prefix = None if variant is None else int(variant == "joint")  # Models 3/4 have no class token
+            grid = (frames // tubelet[0], *space) if frames and space else None
+            grids["pos_embed.weight"] = (grid, prefix)
+            return grids
+        # A spatial table (an image model's or Model 2's), with its class token; an image ViT's size is
+        # read off its table, as such a checkpoint carries no geometry of ours.
+        prefix = 1
+        if space is None:
+            side = math.isqrt(table.shape[1] - prefix)
+            if side * side != table.shape[1] - prefix:
+                raise PositionTableError("pos_embed.weight", f"a spatial table of {table.shape[1]} tokens is not a "
+                                                             "class token and a square grid")
+            space = (side, side)
+        grids["pos_embed.weight"] = (space if self.variant == "factorised_encoder" else (1, *space), prefix)
+        return grids
 
 
 def _build(**kwargs) -> ViViT:

@@ -15,6 +15,7 @@ from einops import rearrange
 from torch import nn
 
 InflationMode = Literal["central_frame", "filter_inflation"]
+INFLATION_MODES = ("central_frame", "filter_inflation")
 
 
 def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
