@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from spatiotemporal.models import create_model
-from spatiotemporal.train.config import load_config, parse_views
+from spatiotemporal.train.config import ConfigError, load_config, parse_views
 from spatiotemporal.train.ema import ModelEma
 from spatiotemporal.train.loop import enable_activation_checkpointing
 from spatiotemporal.train.optim import CosineWarmupSchedule, build_optimizer, cosine_with_warmup, param_groups
@@ -40,10 +40,10 @@ def test_overrides_are_typed_and_unknown_keys_rejected(tmp_path):
     assert config["optim"]["lr"] == 3e-4 and config["schedule"]["epochs"] == 7
     assert config["model"]["kwargs"] == {"depth": 2} and config["ray"]["use_gpu"] is True
     assert config["optim"]["weight_decay"] == 0.05  # default kept
-    with pytest.raises(KeyError, match="optim.lrr"):
+    with pytest.raises(ConfigError, match="optim.lrr"):
         load_config(path, ["optim.lrr=1"])
     path.write_text("model: {name: timesformer_tiny}\noptimizer: {lr: 0.1}\n")
-    with pytest.raises(KeyError, match="optimizer"):
+    with pytest.raises(ConfigError, match="optimizer"):
         load_config(path)
 
 
@@ -64,6 +64,7 @@ def test_norms_biases_and_position_tables_get_no_weight_decay():
 @pytest.mark.parametrize(("name", "tables"), [
     ("timesformer_tiny", {"cls_token", "pos_embed.weight", "time_embed.weight"}),
     ("vivit_tiny", {"cls_token", "pos_embed.weight"}),
+    ("vivit_tiny_fe", {"cls_token", "pos_embed.weight", "temporal_cls_token", "temporal_pos_embed.weight"}),
     ("mvitv2_tiny", {"cls_token"} | {f"blocks.{i}.attn.rel_pos_{a}" for i in range(5) for a in "thw"}),
     ("swin3d_tiny", {f"stages.{s}.blocks.{b}.attn.relative_position_bias_table" for s in range(4) for b in range(2)}),
 ])  # fmt: skip
@@ -80,6 +81,35 @@ def test_layer_wise_decay_scales_lr_by_depth():
     assert scale["patch_embed.weight"] == 0.5**4 and scale["pos_embed"] == 0.5**4
     assert scale["blocks.0.1.weight"] == 0.5**3 and scale["blocks.2.1.weight"] == 0.5**1
     assert scale["head.weight"] == 1.0 and scale["norm.weight"] == 1.0
+
+
+def test_layer_wise_decay_numbers_video_swin_blocks_across_stages():
+    """swin3d_tiny has 2-2-2-2 blocks: as the Swin fine-tuning recipes (SimMIM) count them, block j of
+    stage i is layer 2i + j + 1, a stage's patch merging goes with its last block, the embedding is
+    layer 0 and the final norm and head layer 9."""
+    groups = param_groups(create_model("swin3d_tiny"), weight_decay=0.05, layer_decay=0.5)
+    scale = {n: g["lr_scale"] for g in groups for n in g["names"]}
+    assert scale["patch_embed.proj.weight"] == 0.5**9
+    assert scale["stages.0.blocks.0.attn.qkv.weight"] == 0.5**8
+    assert scale["stages.0.blocks.1.attn.qkv.weight"] == 0.5**7
+    assert scale["stages.0.downsample.reduction.weight"] == 0.5**7
+    assert scale["stages.1.blocks.0.mlp.fc1.weight"] == 0.5**6
+    assert scale["stages.1.blocks.1.mlp.fc1.weight"] == 0.5**5
+    assert scale["stages.2.blocks.0.norm1.weight"] == 0.5**4
+    assert scale["stages.2.downsample.norm.bias"] == 0.5**3
+    assert scale["stages.3.blocks.0.attn.proj.weight"] == 0.5**2
+    assert scale["stages.3.blocks.1.attn.proj.weight"] == 0.5**1
+    assert scale["norm.weight"] == scale["head.weight"] == 1.0
+
+
+def test_layer_wise_decay_puts_the_vivit_factorised_encoders_temporal_blocks_above_its_spatial_ones():
+    groups = param_groups(create_model("vivit_tiny_fe"), weight_decay=0.05, layer_decay=0.5)
+    scale = {n: g["lr_scale"] for g in groups for n in g["names"]}
+    # 4 spatial + 2 temporal blocks: layers 1-4 and 5-6; tokens and position tables are layer 0.
+    assert scale["temporal_cls_token"] == scale["temporal_pos_embed.weight"] == scale["cls_token"] == 0.5**7
+    assert scale["blocks.0.attn.qkv.weight"] == 0.5**6 and scale["blocks.3.attn.qkv.weight"] == 0.5**3
+    assert scale["temporal_blocks.0.attn.qkv.weight"] == 0.5**2 and scale["temporal_blocks.1.attn.qkv.weight"] == 0.5
+    assert scale["head.weight"] == 1.0
 
 
 def test_lr_scales_multiply_the_lr_of_parameters_under_a_named_component():

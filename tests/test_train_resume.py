@@ -1,5 +1,6 @@
 """Training on Ray Train: a run killed after N steps and resumed ends exactly where an
-uninterrupted run of the same seed ends; logs, curves and checkpoints are written."""
+uninterrupted run of the same seed ends; logs, curves and checkpoints are written; a run that
+failed before its first checkpoint does not hold on to its name."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import pytest
 import torch
 
 from spatiotemporal.convert import read_state_dict
+from spatiotemporal.train import checkpoint as ckpt
 from spatiotemporal.train.config import load_config
 from spatiotemporal.train.logs import read_metrics
 from spatiotemporal.train.loop import fit
+from spatiotemporal.train.optim import cosine_with_warmup
 from spatiotemporal.train.ray_env import train_runtime_env
 
 # Resumed and uninterrupted runs take the same steps on the same samples with the same RNG
@@ -49,15 +52,24 @@ def _config(data, out, name, *extra):
     )  # fmt: skip
 
 
+# Dropout and drop path draw from each worker's torch generator, which a resumed run must take up
+# where the killed one left it. Rows every 2 steps: the killed run dies between two rows (step 3),
+# so the resumed run's first row must average step 3 (before the crash) with step 4.
+RANDOM_LAYERS = (
+    "model.kwargs={num_frames: 4, image_size: 32, patch_size: 16, embed_dim: 32, depth: 2, num_heads: 2, "
+    "drop_rate: 0.1, attn_drop_rate: 0.1, drop_path_rate: 0.2}",
+    "train.log_every=2",
+)
+
+
 @pytest.mark.slow
 def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(tiny_kinetics, ray_cluster, tmp_path):
     # 16 videos / (2 workers x batch 2) = 4 micro-batches = 2 steps per epoch; 4 steps in all.
-    straight = fit(_config(tiny_kinetics, tmp_path, "straight"))
+    straight = fit(_config(tiny_kinetics, tmp_path, "straight", *RANDOM_LAYERS))
     with pytest.raises(Exception, match="crash_at_step=3"):
-        fit(_config(tiny_kinetics, tmp_path, "resumed", "train.crash_at_step=3"))
-    killed_rows = read_metrics(tmp_path / "resumed" / "metrics.jsonl")
-    assert max(r["step"] for r in killed_rows) == 3
-    resumed = fit(_config(tiny_kinetics, tmp_path, "resumed"), resume=True)
+        fit(_config(tiny_kinetics, tmp_path, "resumed", *RANDOM_LAYERS, "train.crash_at_step=3"))
+    assert ckpt.step_of(ckpt.latest_checkpoint(tmp_path / "resumed")) == 3  # mid-epoch, after an unlogged step
+    resumed = fit(_config(tiny_kinetics, tmp_path, "resumed", *RANDOM_LAYERS), resume=True)
 
     assert straight["step"] == resumed["step"] == 4
     for key in ("top1", "top5", "mean_class_accuracy"):
@@ -102,11 +114,42 @@ def test_paths_relative_to_the_callers_directory_reach_the_workers(tiny_kinetics
 
 def test_a_fresh_run_refuses_to_overwrite_an_existing_one(tiny_kinetics, tmp_path):
     (tmp_path / "taken").mkdir()
-    (tmp_path / "taken" / "metrics.jsonl").write_text("")
+    (tmp_path / "taken" / "metrics.jsonl").write_text('{"split": "train", "step": 10, "loss": 1.0}\n')
     with pytest.raises(FileExistsError, match="--resume"):
         fit(_config(tiny_kinetics, tmp_path, "taken"))
 
 
-def test_resume_without_a_checkpoint_says_so(tiny_kinetics, tmp_path):
-    with pytest.raises(FileNotFoundError, match="no checkpoint to resume from"):
-        fit(_config(tiny_kinetics, tmp_path, "never_ran"), resume=True)
+@pytest.mark.slow
+def test_a_run_that_failed_before_its_first_checkpoint_can_start_again_under_its_name(tiny_kinetics, ray_cluster, tmp_path):
+    with pytest.raises(Exception, match="crash_at_step=1"):
+        fit(_config(tiny_kinetics, tmp_path, "again", "train.log_every=10", "train.checkpoint_every=0", "train.crash_at_step=1"))
+    assert (tmp_path / "again" / ".validate_storage_marker").exists()  # Ray Train's, written at once
+    final = fit(_config(tiny_kinetics, tmp_path, "again", "schedule.epochs=1"))
+    assert final["step"] == 2 and final["num_evaluated"] == 4
+
+
+@pytest.mark.slow
+def test_resume_after_an_unreadable_checkpoint_and_with_more_epochs_follows_the_new_schedule(
+    tiny_kinetics, ray_cluster, tmp_path, capsys
+):
+    fit(_config(tiny_kinetics, tmp_path, "longer", "schedule.epochs=1"))  # checkpoints at steps 1 and 2
+    newest = ckpt.latest_checkpoint(tmp_path / "longer")
+    (newest / "state.pt").write_bytes((newest / "state.pt").read_bytes()[:1000])
+    final = fit(_config(tiny_kinetics, tmp_path, "longer", "schedule.epochs=3"), resume=True)
+    notes = capsys.readouterr().out
+    assert f"note: {newest / 'state.pt'}: cannot be read" in notes and "resuming from an earlier checkpoint" in notes
+    assert "note: schedule.epochs changes from 1 to 3; the resumed run follows the config" in notes
+    assert final["step"] == 6
+    # Steps 2-6 (the lr a row reports is the one its step took) follow the 6-step schedule, warmup 1 step.
+    rows = [r for r in read_metrics(tmp_path / "longer" / "metrics.jsonl") if r["split"] == "train"]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    for row in rows[1:]:
+        assert row["lr"] == pytest.approx(cosine_with_warmup(row["step"] - 1, 6, 1, 1e-3, 1e-6), rel=1e-12)
+
+
+def test_workers_the_cluster_has_no_gpus_for_are_refused_instead_of_awaited(tiny_kinetics, ray_cluster, tmp_path):
+    import ray
+
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    with pytest.raises(ValueError, match=rf"the Ray cluster has {gpus} GPU, the training workers need {gpus + 1} "):
+        fit(_config(tiny_kinetics, tmp_path, "gpu", "ray.use_gpu=true", f"ray.num_workers={gpus + 1}"))

@@ -3,7 +3,9 @@
 1. Synthetic Kinetics (motion-only classes) -> tiny TimeSformer trained on Ray Train -> the
    Kinetics evaluator's multi-view report.
 2. The trained checkpoint classifies the held-out clips in the Ray `video-inference` pipeline,
-   with corrupted.mp4 mixed in when ../shared is present, to show failure accounting.
+   with a truncated copy of one of them mixed in (and corrupted.mp4 when ../shared is present),
+   to show failure accounting. corrupted.mp4 breaks after its 28th frame, so it fails only when
+   a view needs a later frame; the demo model's 1x3 views of 8 frames every 2 do not.
 3. Synthetic ScanNet -> tiny Point Transformer -> the official-semantics ScanNet report.
 """
 
@@ -25,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from pipelines import video_inference
     from pipelines.job import read_table
     from spatiotemporal.train.checkpoint import MODEL_FILE, latest_checkpoint
-    from spatiotemporal.train.demo import run_points_demo, run_video_demo
+    from spatiotemporal.train.demo import run_outputs, run_points_demo, run_video_demo
 
     out = Path(args.out)
     quick = not args.full
@@ -37,6 +39,9 @@ def run(args: argparse.Namespace) -> int:
     videos = sorted((out / "synthetic_kinetics").glob("val/**/*.mp4"))
     manifest = out / "inference_inputs.csv"
     inputs = [str(p.resolve()) for p in videos]
+    truncated = out / "truncated.mp4"
+    truncated.write_bytes(videos[0].read_bytes()[: videos[0].stat().st_size // 3])
+    inputs.append(str(truncated.resolve()))
     corrupted = Path(__file__).resolve().parents[3] / "shared" / "data" / "video" / "corrupted.mp4"
     if corrupted.exists():
         inputs.append(str(corrupted))
@@ -56,5 +61,12 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_points:
         print("== 3/3 train + evaluate tiny Point Transformer on synthetic ScanNet")
         run_points_demo(out, quick=quick)
+
+    print(f"== written under {out}")
+    written = [*run_outputs(out / "runs" / "demo_timesformer"), Path(summary.output)]
+    if not args.no_points:
+        written += run_outputs(out / "runs" / "demo_point_transformer")
+    for path in written:
+        print(f"  {path}{'/' if path.is_dir() else ''}")
     return 0
 

@@ -18,13 +18,17 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from spatiotemporal.train.config import load_config
+    from spatiotemporal.io.errors import InputError
+    from spatiotemporal.train.config import check_data_root, load_config
     from spatiotemporal.train.loop import fit
 
+    # Config, data root, run directory, checkpoint and cluster are checked before any worker starts;
+    # each mistake is one line (a config error names its file or override and the setting).
     try:
         config = load_config(args.config, args.overrides)
+        check_data_root(config, args.config)
         final = fit(config, resume=args.resume, address=args.address)
-    except (KeyError, ValueError, FileNotFoundError, FileExistsError) as error:
+    except (ValueError, InputError, FileNotFoundError, FileExistsError) as error:
         print(f"error: {error}")
         return 2
     run_dir = Path(config["output_dir"]) / config["name"]

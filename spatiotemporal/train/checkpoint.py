@@ -3,6 +3,9 @@
 Rank 0 writes everything: model, optimizer, schedule, EMA, step and data position, and the RNG
 state of every rank (gathered first), because dropout and drop-path draw from per-rank generators.
 Only rank 0 hands Ray Train a checkpoint, so no two workers ever write the same directory.
+
+Before any worker starts, the driver picks the checkpoint a resumed run continues from (the newest
+one that can be read) and checks that the run's config can continue it (`check_resumable`).
 """
 
 from __future__ import annotations
@@ -30,19 +33,26 @@ class Position:
 
 
 def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()  # dropout and drop path on a GPU draw from it
+    return state
 
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def save(
     directory: Path, rng_states: list[dict], position: Position, model, optimizer, schedule, ema, config: dict,
-    class_names: list[str] | None = None,
+    class_names: list[str] | None = None, windows: list[list[float]] | None = None,
 ) -> None:
+    """`windows`: each rank's running sums for the next log row (loss sum, correct, count), so the
+    first row after a resume averages the same steps as an uninterrupted run's."""
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(
         {
@@ -53,39 +63,179 @@ def save(
             "ema": ema.state_dict() if ema is not None else None,
             "config": config,
             "rng": rng_states,
+            "windows": windows,
         },
         directory / STATE_FILE,
     )
     (directory / POSITION_FILE).write_text(json.dumps(asdict(position)))
-    # The model file says how to rebuild the network, so inference needs only its path.
+    # The model file says how to rebuild the network and what clips it takes, so inference needs
+    # only its path.
     torch.save(
         {
             "model": (ema.module if ema is not None else model).state_dict(),
             "model_name": config["model"]["name"],
             "model_kwargs": dict(config["model"].get("kwargs") or {}),
             "class_names": list(class_names) if class_names is not None else None,
+            "clip": clip_geometry(config),
+            # The voxel size the points were sampled at, which inference must sample at too.
+            "grid_size": config["data"]["grid_size"] if config.get("task") == "points" else None,
         },
         directory / MODEL_FILE,
     )
 
 
-def load(directory: Path, rank: int, model, optimizer, schedule, ema) -> Position:
+def clip_geometry(config: dict) -> dict | None:
+    """The clips a video run trains and tests on: num_frames, frame_stride, crop_size and the test
+    short_side, resolved as the video task resolves them (config, else the model's spec). None for
+    other tasks."""
+    if config.get("task", "video") != "video":
+        return None
+    from spatiotemporal.train.tasks import VideoTask
+
+    task = VideoTask(config)
+    return {
+        "num_frames": task.num_frames,
+        "frame_stride": task.frame_stride,
+        "crop_size": task.crop_size,
+        "short_side": task.test_short_side,
+    }
+
+
+def load(directory: Path, rank: int, model, optimizer, schedule, ema) -> tuple[Position, list[float] | None]:
+    """Restores a worker's state; returns the position and this rank's log window (None when the
+    checkpoint predates saving it).
+
+    The schedule and the optimizer's hyperparameters are the config's, not the checkpoint's: only
+    the step count and the optimizer's running statistics carry over, so a resumed run with more
+    epochs (or another lr) follows the new schedule from where it stopped, as mmaction's resume
+    does. `check_resumable` refuses the changes that the saved state cannot follow.
+    """
     state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=False)
     model.load_state_dict(state["model"])
+    configured = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
     optimizer.load_state_dict(state["optimizer"])
-    schedule.load_state_dict(state["schedule"])
+    for group, settings in zip(optimizer.param_groups, configured):
+        group.update(settings)
+    schedule.step_count = state["schedule"]["step_count"]
     if ema is not None and state["ema"] is not None:
         ema.load_state_dict(state["ema"])
     if rank < len(state["rng"]):  # a rank the checkpoint did not have keeps its fresh seed
         set_rng_state(state["rng"][rank])
-    return Position(**state["position"])
+    windows = state.get("windows")
+    window = list(windows[rank]) if windows is not None and rank < len(windows) else None
+    return Position(**state["position"]), window
 
 
 def step_of(directory: Path) -> int:
     return int(json.loads((directory / POSITION_FILE).read_text())["step"])
 
 
+def _step_or_none(directory: Path) -> int | None:
+    try:
+        return step_of(directory)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The Ray Train checkpoint directory of a run with the most steps taken."""
-    found = [p.parent for p in run_dir.glob(f"checkpoint_*/{POSITION_FILE}")]
-    return max(found, key=step_of) if found else None
+    steps = {p.parent: _step_or_none(p.parent) for p in run_dir.glob(f"checkpoint_*/{POSITION_FILE}")}
+    found = [directory for directory, step in steps.items() if step is not None]
+    return max(found, key=steps.__getitem__) if found else None
+
+
+def read_state(directory: Path) -> dict:
+    """A checkpoint's state.pt, memory-mapped (the weights stay on disk until touched), checked to be
+    a training state. An unreadable one (a copy cut short by a crash) is a CheckpointError naming it."""
+    from spatiotemporal.io.errors import CheckpointError
+
+    path = directory / STATE_FILE
+    if not path.is_file():
+        raise CheckpointError(path, "no such file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as error:  # torch reports a damaged file as whatever its zip or pickle reader hit
+        text = str(error).strip()
+        if "mmap can only be used" in text:
+            reason = "not a file torch.save wrote"
+        else:  # torch's first sentence says what broke; the rest is advice
+            reason = text.splitlines()[0].split(". ")[0][:160] if text else type(error).__name__
+        raise CheckpointError(path, f"cannot be read ({reason})") from None
+    keys = ("position", "model", "optimizer", "schedule", "config", "rng")
+    missing = [k for k in keys if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(path, f"not a training checkpoint (no {', '.join(missing)})")
+    return state
+
+
+def resume_point(run_dir: Path) -> tuple[Path, dict, list[str]] | None:
+    """The newest checkpoint of a run that can be read, its state (see `read_state`), and one note
+    for each newer checkpoint that could not be read and was passed over. None: no checkpoint."""
+    from spatiotemporal.io.errors import CheckpointError
+
+    steps = {p: _step_or_none(p) for p in run_dir.glob("checkpoint_*") if p.is_dir()}
+    # A checkpoint whose position.json cannot be read is tried last.
+    found = sorted(steps, key=lambda p: (-1 if steps[p] is None else steps[p], p.name), reverse=True)
+    unreadable = []
+    for directory in found:
+        try:
+            state = read_state(directory)
+        except CheckpointError as error:
+            unreadable.append(str(error))
+            continue
+        return directory, state, [f"{error}; resuming from an earlier checkpoint" for error in unreadable]
+    if found:
+        raise CheckpointError(run_dir, f"none of its {len(found)} checkpoints can be read ({'; '.join(unreadable)})")
+    return None
+
+
+# Settings the saved state is tied to: the data position counts micro-batches of this size on this
+# many workers in this seed's order, and the optimizer's state belongs to these parameter groups.
+FIXED_ON_RESUME = (
+    "task", "seed", "data.batch_size", "ray.num_workers", "train.accum_steps",
+    "optim.name", "optim.layer_decay", "optim.lr_scales",
+)  # fmt: skip
+# Settings a resumed run takes from its config: the schedule is rebuilt at the restored step.
+FOLLOWED_ON_RESUME = (
+    "schedule.epochs", "schedule.warmup_epochs", "schedule.min_lr",
+    "optim.lr", "optim.weight_decay", "optim.momentum", "optim.betas",
+)  # fmt: skip
+
+
+def _get(config: dict, dotted: str):
+    node = config
+    for key in dotted.split("."):
+        node = node.get(key) if isinstance(node, dict) else None
+    return node
+
+
+def _describe_model(model: dict) -> str:
+    args = [f"num_classes={model['num_classes']}"] if model.get("num_classes") else []
+    args += [f"{k}={v!r}" for k, v in sorted((model.get("kwargs") or {}).items())]
+    return f"{model['name']}({', '.join(args)})"
+
+
+def check_resumable(directory: Path, stored: dict, config: dict) -> list[str]:
+    """Whether a run with `config` can continue from the checkpoint `directory`, whose state.pt
+    holds the config `stored`. Raises ValueError naming the first setting it cannot follow; returns
+    one note per setting that changes and is followed (the schedule's)."""
+    old_model, new_model = stored["model"], config["model"]
+    if (old_model["name"], old_model.get("num_classes"), dict(old_model.get("kwargs") or {})) != (
+        new_model["name"], new_model.get("num_classes"), dict(new_model.get("kwargs") or {})
+    ):
+        raise ValueError(
+            f"checkpoint {directory} holds model {_describe_model(old_model)}, "
+            f"the config asks for {_describe_model(new_model)}; resume with the same model or start a new run"
+        )
+    for key in FIXED_ON_RESUME:
+        old, new = _get(stored, key), _get(config, key)
+        if old != new:
+            raise ValueError(
+                f"checkpoint {directory} was trained with {key}={old!r}, the config sets {new!r}: "
+                f"a resumed run keeps it (start a new run to change it)"
+            )
+    return [
+        f"{key} changes from {_get(stored, key)!r} to {_get(config, key)!r}; the resumed run follows the config"
+        for key in FOLLOWED_ON_RESUME
+        if _get(stored, key) != _get(config, key)
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -64,68 +65,202 @@ DEFAULTS: dict[str, Any] = {
     "eval": {"views": None, "aggregation": None, "short_side": None, "tta": False, "batch_size": 8},
     "ray": {"num_workers": 2, "use_gpu": False, "resources_per_worker": {"CPU": 1}, "address": None},
 }
+# Mappings that take whatever keys they are given (model constructor arguments, Ray resources,
+# name component -> lr multiplier); a file or override replaces them whole.
+FREE_FORM = frozenset({"model.kwargs", "ray.resources_per_worker", "optim.lr_scales"})
+# The type of each setting whose default is None (unset); the others have their default's type.
+NULLABLE = {
+    "model.name": str, "model.num_classes": int,
+    "data.root": str, "data.num_frames": int, "data.frame_stride": int, "data.crop_size": int, "data.short_side": int,
+    "optim.layer_decay": float,
+    "train.clip_grad": float, "train.ema_decay": float, "train.crash_at_step": int,
+    "eval.views": str, "eval.aggregation": str, "eval.short_side": int,
+    "ray.address": str,
+}  # fmt: skip
+# YAML 1.1 (PyYAML) reads a float only with a dot and a signed exponent: 3e-4 and 1.0e4 stay strings.
+_EXPONENT_FLOAT = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
-def _merge(base: dict, override: dict, where: str = "") -> dict:
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the file (or override) and the setting."""
+
+
+def _numbers(value: Any) -> Any:
+    """Numbers written with an exponent, which YAML 1.1 leaves as strings, as floats (in lists and
+    mappings too: model kwargs such as drop_path_rate: 1e-1)."""
+    if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+        return float(value)
+    if isinstance(value, list):
+        return [_numbers(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _numbers(v) for k, v in value.items()}
+    return value
+
+
+def _default(path: str) -> Any:
+    node: Any = DEFAULTS
+    for key in path.split("."):
+        node = node[key]
+    return node
+
+
+def _describe(value: Any) -> str:
+    return "null" if value is None else repr(value)
+
+
+def _checked(path: str, value: Any, source: str) -> Any:
+    """`value` for the setting `path` after the number conversion, or a ConfigError saying what
+    type the setting takes."""
+    value = _numbers(value)
+    default = _default(path)
+    expected = NULLABLE.get(path, type(default)) if default is None else type(default)
+    if value is None:
+        if default is None:
+            return None
+        raise ConfigError(f"{source}: {path} cannot be null (default {default!r})")
+    if expected is bool:
+        ok, what = isinstance(value, bool), "true or false"
+    elif expected is int:
+        ok, what = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif expected is float:
+        ok, what = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+    elif expected is str:
+        ok, what = isinstance(value, str), "a string"
+    elif expected is list:
+        ok, what = isinstance(value, list) and len(value) == len(default), f"a list of {len(default)}"
+        ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        what += " numbers"
+    else:
+        ok, what = True, ""
+    if not ok:
+        raise ConfigError(f"{source}: {path} must be {what}, not {_describe(value)}")
+    return value
+
+
+def _merge(base: dict, override: Any, source: str, where: str = "") -> dict:
+    """`base` with the settings of `override` (from `source`, a file name or an override) on top,
+    each checked: known key, type of its default, sections as mappings."""
+    if not isinstance(override, dict):
+        what = f"section {where[:-1]}" if where else "a config"
+        found = "a list" if isinstance(override, list) else _describe(override)
+        raise ConfigError(f"{source}: {what} must be a mapping of settings (key: value), not {found}")
     out = copy.deepcopy(base)
     for key, value in override.items():
         path = f"{where}{key}"
         if key not in base:
-            raise KeyError(f"unknown config key {path!r}; known here: {', '.join(sorted(base))}")
-        # Free-form mappings (model kwargs, Ray resources) take whatever they are given.
-        if isinstance(base[key], dict) and isinstance(value, dict) and base[key] and key != "resources_per_worker":
-            out[key] = _merge(base[key], value, path + ".")
-        else:
+            known = f"known in {where[:-1]}" if where else "known sections and settings"
+            raise ConfigError(f"{source}: unknown config key {path}; {known}: {', '.join(sorted(base))}")
+        if path in FREE_FORM:
+            value = {} if value is None else _numbers(value)
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: {path} must be a mapping, not {_describe(value)}")
             out[key] = copy.deepcopy(value)
+        elif isinstance(base[key], dict):
+            if value is not None:  # a section left empty (every setting commented out) keeps its defaults
+                out[key] = _merge(base[key], value, source, path + ".")
+        else:
+            out[key] = copy.deepcopy(_checked(path, value, source))
     return out
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
-        raise ValueError(f"override {text!r} is not of the form dotted.key=value")
+        raise ConfigError(f"override {text!r} is not of the form dotted.key=value")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw != "" else None
-    if isinstance(value, str):
-        try:  # YAML 1.1 reads 3e-4 (no dot) as a string
-            value = float(value)
-        except ValueError:
-            pass
-    return key.split("."), value
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({_yaml_problem(error)})") from None
+    return key.split("."), _numbers(value)
 
 
 def apply_overrides(config: dict, overrides: list[str]) -> dict:
     config = copy.deepcopy(config)
     for text in overrides:
         keys, value = parse_override(text)
+        source = f"override {text!r}"
         node = config
-        for key in keys[:-1]:
+        for i, key in enumerate(keys[:-1]):
             if not isinstance(node.get(key), dict):
-                raise KeyError(f"override {text!r}: {key!r} is not a section")
+                raise ConfigError(f"{source}: {key!r} is not a section")
             node = node[key]
-        free_form = keys[-2:-1] in (["kwargs"], ["resources_per_worker"], ["lr_scales"])
-        if keys[-1] not in node and not free_form:
-            raise KeyError(f"override {text!r}: unknown key {keys[-1]!r}")
-        node[keys[-1]] = value
+        path, last = ".".join(keys), keys[-1]
+        parent = ".".join(keys[:-1])
+        if parent in FREE_FORM:
+            node[last] = value
+        elif last not in node:
+            raise ConfigError(f"{source}: unknown key {last!r}")
+        else:
+            node[last] = _merge({last: node[last]}, {last: value}, source, parent + "." if parent else "")[last]
     return config
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
+
+
+def read_config_file(path: str | Path) -> dict:
+    """A config file's settings, not yet merged with the defaults. Every failure is one line
+    naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such config file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(error)}") from None
+    return {} if raw is None else raw
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, data: dict | None = None) -> dict:
-    """Defaults <- YAML file (or `data`) <- overrides. Unknown keys raise KeyError naming them."""
-    raw: dict = {}
+    """Defaults <- YAML file <- `data` <- overrides, every setting checked against DEFAULTS (known
+    key, its type); the model must be registered and of the task's kind. Raises ConfigError (a
+    ValueError) naming the file or override and the setting."""
+    from spatiotemporal.models.registry import get_spec
+
+    config = DEFAULTS
+    source = "the config"
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such config file")
-        raw = yaml.safe_load(path.read_text()) or {}
+        source = str(path)
+        config = _merge(config, read_config_file(path), source)
     if data is not None:
-        raw = _merge(_merge(DEFAULTS, raw), data) if raw else data
-    config = _merge(DEFAULTS, raw)
+        config = _merge(config, data, source if path is None else "the given settings")
     config = apply_overrides(config, overrides or [])
-    if not config["model"]["name"]:
-        raise ValueError("the config names no model (model.name)")
+    name = config["model"]["name"]
+    if not name:
+        raise ConfigError(f"{source}: names no model (model.name)")
     if config["task"] not in ("video", "points"):
-        raise ValueError(f"task must be 'video' or 'points', not {config['task']!r}")
+        raise ConfigError(f"{source}: task must be 'video' or 'points', not {config['task']!r}")
+    try:
+        spec = get_spec(name)
+    except KeyError as error:
+        raise ConfigError(f"{source}: model.name: {error.args[0]}") from None
+    if spec.family != config["task"]:
+        raise ConfigError(
+            f"{source}: model {name} is a {spec.family} model but task is {config['task']!r}; set task: {spec.family}"
+        )
     return config
+
+
+def check_data_root(config: dict, source: str | Path | None = None) -> Path:
+    """The dataset directory, resolved, checked before any worker is started: set, present, and for
+    points holding the split folders. `source`: the config file, named in the error."""
+    data = config["data"]
+    where = f"{source}: " if source is not None else ""
+    if data["root"] is None:
+        raise ConfigError(f"{where}data.root is not set: give the dataset (data.root=PATH)")
+    root = Path(data["root"]).expanduser().resolve()
+    if not root.exists():
+        raise ConfigError(f"{where}data.root {root}: no such file or directory")
+    if config["task"] == "points":
+        for key in ("train_split", "val_split"):
+            if not (root / data[key]).is_dir():
+                raise ConfigError(f"{where}data.root {root}: no {data[key]}/ folder of preprocessed scenes (data.{key})")
+    return root
 
 
 def parse_views(text: str | None) -> tuple[int, int] | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -38,22 +39,41 @@ class SimulatedCrash(RuntimeError):
 def enable_activation_checkpointing(model: torch.nn.Module) -> int:
     """Recompute each transformer block in backward instead of storing its activations.
 
-    Uses the model's own switch (`grad_checkpointing`) when it has one; otherwise wraps every
-    module of each `blocks` ModuleList. Returns how many blocks are affected (0: nothing to do).
+    Uses the model's own switch (`set_grad_checkpointing`, or a `grad_checkpointing` attribute) when
+    it has one; otherwise replaces every module of each `blocks` ModuleList by a checkpointing
+    wrapper (torch's, as FSDP uses) that runs the block through `run_block`, as the models' own
+    switches do. Wrapping modules, rather than patching their `forward` with closures over the
+    original block, keeps a deep copy (the EMA model) running its own weights; the wrapper keeps
+    state-dict keys unchanged, so checkpoints load into a model without it.
+    Returns how many blocks were wrapped (-1: the model's switch was used; 0: nothing to do).
     """
-    from torch.utils.checkpoint import checkpoint
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
+    from spatiotemporal.layers.checkpointing import run_block
+
+    if hasattr(model, "set_grad_checkpointing"):
+        model.set_grad_checkpointing(True)
+        return -1
     if hasattr(model, "grad_checkpointing"):
         model.grad_checkpointing = True
         return -1
     count = 0
-    for name, module in model.named_modules():
+    for name, module in list(model.named_modules()):
         if name.split(".")[-1] == "blocks" and isinstance(module, torch.nn.ModuleList):
-            for block in module:
-                forward = block.forward
-                block.forward = lambda *a, _f=forward, **k: checkpoint(_f, *a, use_reentrant=False, **k)
+            for i, block in enumerate(module):
+                module[i] = checkpoint_wrapper(block, checkpoint_fn=run_block, checkpointed=True)
                 count += 1
     return count
+
+
+def checkpoint_activations(model: torch.nn.Module, name: str) -> None:
+    """`train.activation_checkpointing=true`: switch it on, or refuse a model it would not reach
+    rather than train silently without it (and run out of memory at the size it was meant for)."""
+    if enable_activation_checkpointing(model) == 0:
+        raise ValueError(
+            f"train.activation_checkpointing=true, but model {name} has no set_grad_checkpointing switch "
+            "and no `blocks` lists to wrap"
+        )
 
 
 def _seed_all(seed: int) -> None:
@@ -71,13 +91,13 @@ def _all_reduce_sum(values: list[float]) -> list[float]:
     return tensor.cpu().tolist()
 
 
-def _gather_rng_states(world: int) -> list[dict]:
-    state = ckpt.rng_state()
+def _gather(world: int, value) -> list:
+    """Every rank's `value`, in rank order, on every rank (rank 0 saves them)."""
     if world == 1:
-        return [state]
-    states: list = [None] * world
-    dist.all_gather_object(states, state)
-    return states
+        return [value]
+    values: list = [None] * world
+    dist.all_gather_object(values, value)
+    return values
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -100,7 +120,7 @@ def train_loop_per_worker(config: dict) -> None:
     task = make_task(config)
     model = task.build_model()
     if tcfg["activation_checkpointing"]:
-        enable_activation_checkpointing(model)
+        checkpoint_activations(model, config["model"]["name"])
     if tcfg["sync_batchnorm"]:
         synchronize_batch_norms(model)
     _seed_all(config["seed"] * 1000 + rank + 1)
@@ -126,14 +146,17 @@ def train_loop_per_worker(config: dict) -> None:
     )
 
     position = ckpt.Position()
-    restored = ray.train.get_checkpoint()
+    window = [0.0, 0.0, 0.0]  # loss sum, correct, count since the last log row
+    # `fit` picks the checkpoint on the driver (the newest one that can be read, checked against
+    # the config); Ray Train's own record of the latest could name one that a crash cut short.
     if config["_resume_dir"] is not None:
-        newest = Path(config["_resume_dir"])
-        if restored is None or ckpt.step_of(newest) > ckpt.step_of(Path(restored.path)):
-            restored = ray.train.Checkpoint.from_directory(str(newest))
+        restored = ray.train.Checkpoint.from_directory(config["_resume_dir"])
+    else:
+        restored = ray.train.get_checkpoint()
     if restored is not None:
         with restored.as_directory() as directory:
-            position = ckpt.load(Path(directory), rank, model, optimizer, schedule, ema)
+            position, saved_window = ckpt.load(Path(directory), rank, model, optimizer, schedule, ema)
+        window = saved_window or window
     ddp_model = ray.train.torch.prepare_model(model)
 
     log = MetricsLog(run_dir, resume_step=position.step if restored is not None else None) if rank == 0 else None
@@ -143,19 +166,18 @@ def train_loop_per_worker(config: dict) -> None:
     autocast = (
         torch.autocast(device.type, dtype=torch.bfloat16) if tcfg["bf16"] else contextlib.nullcontext()
     )
-    window = [0.0, 0.0, 0.0]  # loss sum, correct, count since the last log row
     started = time.perf_counter()
 
     def report(epoch_metrics: dict | None) -> None:
-        rng_states = _gather_rng_states(world)
+        rng_states, windows = zip(*_gather(world, (ckpt.rng_state(), list(window))))
         metrics = {"step": position.step, "epoch": position.epoch, **(epoch_metrics or {})}
         if rank != 0:
             ray.train.report(metrics, checkpoint=None)
             return
         with tempfile.TemporaryDirectory() as directory:
             ckpt.save(
-                Path(directory), rng_states, position, model, optimizer, schedule, ema, config,
-                class_names=task.class_names,
+                Path(directory), list(rng_states), position, model, optimizer, schedule, ema, config,
+                class_names=task.class_names, windows=list(windows),
             )
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
 
@@ -168,6 +190,10 @@ def train_loop_per_worker(config: dict) -> None:
             sampler=sampler,
             collate_fn=task.collate,
             num_workers=dcfg["loader_workers"],
+            # Starting an iterator draws its workers' base seed; from the global generator that draw
+            # would shift dropout and drop path after a mid-epoch resume, which starts the epoch's
+            # iterator at another point of the stream.
+            generator=torch.Generator().manual_seed(config["seed"] * 100_003 + epoch),
         )
         ddp_model.train()
         micro = skip
@@ -234,6 +260,73 @@ def train_loop_per_worker(config: dict) -> None:
         plot_curves(log.path, run_dir / "curves.png")
 
 
+# What a run that failed before its first log row leaves behind: Ray Train writes its storage
+# marker as it starts, rank 0 opens TensorBoard; an empty metrics log.
+RUN_LEFTOVERS = frozenset({".validate_storage_marker", "checkpoint_manager_snapshot.json", "tensorboard", "metrics.jsonl"})
+
+
+def _clear_leftovers(run_dir: Path) -> None:
+    for name in RUN_LEFTOVERS - {".validate_storage_marker"}:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def start_point(run_dir: Path, resume: bool, config: dict) -> Path | None:
+    """Where a run in `run_dir` starts: the checkpoint to resume from, or None for the beginning.
+
+    A run is a directory with a checkpoint or logged metrics; a fresh start refuses to overwrite one.
+    What a run that failed before it logged anything leaves (see RUN_LEFTOVERS) is not a run: it is
+    cleared and the run starts fresh. `--resume` continues from the newest checkpoint that can be
+    read (saying which newer ones could not), checked against the config (`check_resumable`); with
+    no checkpoint yet it starts from the beginning and says so.
+    """
+    entries = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else set()
+    checkpoints = any(name.startswith("checkpoint_") and (run_dir / name).is_dir() for name in entries)
+    metrics = run_dir / "metrics.jsonl"
+    logged = metrics.is_file() and metrics.stat().st_size > 0
+    if resume and checkpoints:
+        directory, state, notes = ckpt.resume_point(run_dir)
+        notes += ckpt.check_resumable(directory, state["config"], config)
+        for note in notes:
+            print(f"note: {note}")
+        return directory
+    if resume:
+        if entries:
+            print(f"note: {run_dir} has no checkpoint yet; --resume starts the run from the beginning")
+        _clear_leftovers(run_dir)
+        return None
+    if checkpoints or logged:
+        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or choose another name")
+    strangers = sorted(entries - RUN_LEFTOVERS)
+    if strangers:
+        listed = ", ".join(strangers[:5])
+        raise FileExistsError(f"{run_dir} holds files that are not a run's ({listed}); choose another name")
+    _clear_leftovers(run_dir)
+    return None
+
+
+def check_cluster_fits(rcfg: dict, cluster: dict) -> None:
+    """Refuses workers the Ray cluster (`ray.cluster_resources()`) has no room for: Ray Train would
+    wait for them forever."""
+    workers = rcfg["num_workers"]
+    per_worker = {key: float(value) for key, value in rcfg["resources_per_worker"].items()}
+    if rcfg["use_gpu"]:
+        per_worker.setdefault("GPU", 1.0)  # Ray Train's default for use_gpu
+    for key, amount in per_worker.items():
+        if amount * workers > cluster.get(key, 0.0):
+            if key == "GPU":
+                fix = "set ray.use_gpu=false or join a cluster with GPUs"
+            else:
+                fix = "lower ray.num_workers or ray.resources_per_worker"
+            raise ValueError(
+                f"the Ray cluster has {cluster.get(key, 0.0):g} {key}, the training workers need "
+                f"{amount * workers:g} (ray.num_workers={workers} x {amount:g} {key}); {fix}"
+            )
+
+
 def fit(config: dict, resume: bool = False, address: str | None = None) -> dict:
     """Train on Ray Train's TorchTrainer; returns the last validation row of metrics.jsonl.
 
@@ -247,24 +340,18 @@ def fit(config: dict, resume: bool = False, address: str | None = None) -> dict:
 
     from spatiotemporal.train.logs import read_metrics
 
+    from spatiotemporal.train.config import check_data_root
+
     os.environ.setdefault(HEALTH_CHECK_INTERVAL, DEFAULT_HEALTH_CHECK_INTERVAL_S)
     storage = Path(config["output_dir"]).resolve()
     run_dir = storage / config["name"]
-    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
-        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or choose another name")
     # Ray Train workers run in their own working directory, so a path relative to the caller's
     # would name nothing there: every path crosses over resolved.
-    root = config["data"]["root"]
-    data = {**config["data"], "root": None if root is None else str(Path(root).resolve())}
+    data = {**config["data"], "root": str(check_data_root(config))}
     loop_config = {**config, "data": data, "output_dir": str(storage), "_run_dir": str(run_dir), "_resume_dir": None}
-    if resume:
-        # Train V2 restores the latest checkpoint it registered for a run of the same name and
-        # storage by itself; a checkpoint written just before the crash may not have been
-        # registered yet, so the newest one on disk is passed along as well.
-        latest = ckpt.latest_checkpoint(run_dir)
-        if latest is None:
-            raise FileNotFoundError(f"{run_dir}: no checkpoint to resume from")
-        loop_config["_resume_dir"] = str(latest)
+    # Everything that can be decided before Ray starts is: a mistake costs seconds, not a cluster.
+    start = start_point(run_dir, resume, loop_config)
+    loop_config["_resume_dir"] = None if start is None else str(start)
     run_dir.mkdir(parents=True, exist_ok=True)
 
     rcfg = config["ray"]
@@ -279,6 +366,7 @@ def fit(config: dict, resume: bool = False, address: str | None = None) -> dict:
             ray.init(address="local", num_cpus=cpus, include_dashboard=False,
                      runtime_env=train_runtime_env(local_without_dashboard=True))  # fmt: skip
     try:
+        check_cluster_fits(rcfg, ray.cluster_resources())
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config=loop_config,

@@ -9,30 +9,52 @@ import torch
 from torch import nn
 
 # Parameters that belong before the first block (layer 0 for layer-wise decay).
-_EMBEDDING_NAMES = ("patch_embed", "pos_embed", "cls_token", "time_embed", "temporal_pos_embed", "embed")
+_EMBEDDING_NAMES = (
+    "patch_embed", "pos_embed", "cls_token", "time_embed", "temporal_pos_embed", "temporal_cls_token", "embed", "stem",
+)  # fmt: skip
 # Tokens and position tables, trained without weight decay as the official recipes do (TimeSformer's
-# and ViT's no_weight_decay, SlowFast MViTv2's rel_pos tables, Video Swin's bias tables). Matched as
-# a component of the parameter's dotted name: a table may be a module's `.weight`.
+# and ViT's no_weight_decay, ViViT's class tokens, SlowFast MViTv2's rel_pos tables, Video Swin's bias
+# tables). Matched as a component of the parameter's dotted name: a table may be a module's `.weight`.
 _NO_DECAY_TABLES = frozenset({
-    "pos_embed", "cls_token", "time_embed", "temporal_pos_embed",
+    "pos_embed", "cls_token", "time_embed", "temporal_pos_embed", "temporal_cls_token",
     "rel_pos_t", "rel_pos_h", "rel_pos_w", "relative_position_bias_table",
 })  # fmt: skip
-_BLOCK_INDEX = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
+# A block: an entry of a ModuleList called `blocks` or `<something>_blocks` (ViViT-FE's
+# temporal_blocks), wherever it sits (Video Swin's `stages.2.blocks.1`).
+_BLOCK = re.compile(r"^(?:.*\.)?\w*blocks\.\d+\.")
 
 
-def default_layer_id(name: str, num_blocks: int) -> int:
-    """ViT-style depth of a parameter: embeddings 0, block i -> i + 1, head and final norm last."""
-    match = _BLOCK_INDEX.search(name)
-    if match:
-        return int(match.group(1)) + 1
-    if any(part in _EMBEDDING_NAMES for part in name.split(".")[:2]) or name.split(".")[0] in _EMBEDDING_NAMES:
-        return 0
-    return num_blocks + 1
+def _is_embedding(name: str) -> bool:
+    return any(part in _EMBEDDING_NAMES for part in name.split(".")[:2])
 
 
-def _count_blocks(model: nn.Module) -> int:
-    indices = {int(m.group(1)) for name, _ in model.named_parameters() if (m := _BLOCK_INDEX.search(name))}
-    return max(indices) + 1 if indices else 0
+def default_layer_ids(names: list[str]) -> tuple[dict[str, int], int]:
+    """ViT-style depth of each parameter (names in registration order) and the number of blocks.
+
+    Blocks are numbered 1, 2, ... in order across every block list, so a stage's blocks come after
+    the previous stage's (Video Swin's stages.1.blocks.0 is block 3 of a 2-2-2-2 model), as the
+    Swin fine-tuning recipes (SimMIM, BEiT) count them. Embeddings are layer 0. Any other parameter
+    takes the depth of the block registered before it: patch merging at the end of a stage goes with
+    that stage's last block; before the first block means 0, after the last one (final norm, head)
+    the top, number of blocks + 1.
+    """
+    blocks: dict[str, int] = {}
+    for name in names:
+        match = _BLOCK.match(name)
+        if match:
+            blocks.setdefault(match.group(0), len(blocks) + 1)
+    num_blocks = len(blocks)
+    ids: dict[str, int] = {}
+    last = 0
+    for name in names:
+        match = _BLOCK.match(name)
+        if match:
+            ids[name] = last = blocks[match.group(0)]
+        elif _is_embedding(name) or (last == 0 and num_blocks > 0):
+            ids[name] = 0
+        else:
+            ids[name] = last if last < num_blocks else num_blocks + 1
+    return ids, num_blocks
 
 
 def param_groups(
@@ -46,8 +68,11 @@ def param_groups(
     Transformer's recipe trains everything under `blocks` at 0.1x). Each group carries `lr_scale`,
     which the schedule multiplies in.
     """
-    num_blocks = getattr(model, "num_layers", None) or _count_blocks(model)
-    layer_of = getattr(model, "layer_id", None) or (lambda name: default_layer_id(name, num_blocks))
+    ids, num_blocks = default_layer_ids([name for name, _ in model.named_parameters()])
+    if callable(getattr(model, "layer_id", None)):
+        num_blocks, layer_of = model.num_layers, model.layer_id
+    else:
+        layer_of = ids.__getitem__
     groups: dict[tuple[bool, int, float], dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:

@@ -78,11 +78,12 @@ class VideoTask:
             num_crops=self.spatial_crops,
             mean=pre.mean,
             std=pre.std,
+            geometry=self.spec.protocol.geometry,
         )
         kwargs = dict(
             mode=mode,
             clip=ClipSampling(num_frames=self.num_frames, stride=self.frame_stride, num_clips=self.temporal_views,
-                              anchor=self.spec.protocol.anchor),
+                              anchor=self.spec.protocol.anchor, anchor_fps=self.spec.protocol.target_fps),
             transform=transform,
             seed=self.config["seed"],
         )
@@ -307,14 +308,23 @@ class PointsTask:
         self.spec = get_spec(config["model"]["name"])
 
     @property
-    def class_names(self) -> list[str]:
+    def num_classes(self) -> int:
         from spatiotemporal.data.scannet import CLASS_NAMES
 
-        return list(CLASS_NAMES)
+        return self.config["model"]["num_classes"] or len(CLASS_NAMES)
+
+    @property
+    def class_names(self) -> list[str]:
+        """One name per output of the head: ScanNet's 20 for a 20-class head (the labels this task's
+        data carry), else class_<i>, as inference names an unnamed head's classes."""
+        from spatiotemporal.data.scannet import CLASS_NAMES
+
+        if self.num_classes == len(CLASS_NAMES):
+            return list(CLASS_NAMES)
+        return [f"class_{i}" for i in range(self.num_classes)]
 
     def build_model(self):
-        num_classes = self.config["model"]["num_classes"] or 20
-        return create_model(self.config["model"]["name"], num_classes=num_classes, **self.config["model"]["kwargs"])
+        return create_model(self.config["model"]["name"], num_classes=self.num_classes, **self.config["model"]["kwargs"])
 
     def train_set(self):
         data = self.config["data"]
