@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import math
+
+# pipelines.job's default, repeated so that `--help` need not import the job machinery.
+DEFAULT_STALL_TIMEOUT_S = 900.0
 
 
 def add_job_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,6 +21,22 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retry-failed", action="store_true",
                         help="retry the listed inputs that are in the failures table (other failures stay)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar (the summary line still prints)")
+    parser.add_argument("--stall-timeout", type=_seconds, default=DEFAULT_STALL_TIMEOUT_S, metavar="SECONDS",
+                        help="stop when the job has made no progress for this long (a cluster that lost the "
+                             "workers or resources the job needs) and record the unfinished inputs as failures, to "
+                             "redo with --retry-failed; leave room for workers to start and load the model, and for "
+                             f"the slowest single input (default {DEFAULT_STALL_TIMEOUT_S:g}; "
+                             "YAML key stall_timeout_s)")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
+    return value
 
 
 def error_types() -> tuple[type[BaseException], ...]:
@@ -35,4 +55,5 @@ def job_kwargs(args: argparse.Namespace) -> dict:
         "address": args.address,
         "num_cpus": args.num_cpus,
         "progress": not args.quiet,
+        "stall_timeout_s": args.stall_timeout,
     }

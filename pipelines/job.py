@@ -6,18 +6,23 @@ A job is a plan: a function from a Ray Dataset of `{id, path}` rows to a Dataset
 plan's output through the driver, which alone writes OUTDIR, so shards never collide and every
 input lands exactly once in `results/` or `failures/`:
 
-    OUTDIR/results/part-<run>-<k>.parquet    one row per finished input (+ .safetensors payloads)
-    OUTDIR/failures/part-<run>-<k>.parquet   id, path, error
-    OUTDIR/summary.json                      the last run's counts and throughput
+    OUTDIR/results/part-<run>-<k>.parquet      one row per finished input
+    OUTDIR/failures/part-<run>-<k>.parquet     id, path, error
+    OUTDIR/tokens/part-<run>-<k>.safetensors   tensors of jobs that make them (tokenize), named
+                                               by each row's tensor_file and tensor_keys
+    OUTDIR/summary.json                        the last run's counts and throughput
 
-Shards are written atomically (temp file, then rename), so a run killed mid-way leaves only
-whole shards behind, and the next run resumes from them.
+results/ and failures/ hold only Parquet, so either folder reads whole with any Parquet reader
+(`pandas.read_parquet(OUTDIR / "results")`). Shards are written atomically (a hidden temp file,
+which Parquet readers skip, then a rename), so a run killed mid-way leaves only whole shards
+behind, and the next run resumes from them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sys
 import time
@@ -32,8 +37,17 @@ import numpy as np
 from pipelines.errors import one_line_error
 from pipelines.inputs import InputItem, ManifestError
 
-# A result column holding serialized safetensors bytes; the writer unpacks it into a shard file.
+# A result column holding serialized safetensors bytes; the writer unpacks it into a shard file
+# in PAYLOAD_DIR, beside results/ rather than in it.
 PAYLOAD = "payload"
+PAYLOAD_DIR = "tokens"
+DEVICES = ("auto", "cpu", "cuda")
+DEFAULT_STALL_TIMEOUT_S = 900.0
+# Every block of the pending dataset costs the driver about a millisecond to build and another
+# ten or so to schedule as a task (240,000 inputs in 60,000 blocks of 4: 74 s and 370 MiB before
+# the first task). 2000 blocks still give a large cluster many per core to balance, while a small
+# job keeps its own small blocks.
+MAX_PENDING_BLOCKS = 2000
 
 
 @dataclass
@@ -103,11 +117,12 @@ class OutputStore:
                 continue
             dropped += data.num_rows - keep.num_rows
             if keep.num_rows:
-                # Tensors of the dropped rows stay in the sibling safetensors file, unreferenced.
+                # Tensors of the dropped rows stay in their safetensors file, unreferenced.
                 _write_parquet_atomic(keep, shard)
             else:
                 shard.unlink()
-                shard.with_suffix(".safetensors").unlink(missing_ok=True)
+                for tensor_file in _tensor_files(data):
+                    (self.root / tensor_file).unlink(missing_ok=True)
         return dropped
 
     def write(self, table: str, rows: dict[str, list]) -> Path:
@@ -119,7 +134,8 @@ class OutputStore:
         stem = directory / f"part-{self.run_id}-{self._counter:05d}"
         payloads = rows.pop(PAYLOAD, None)
         if payloads is not None:
-            # Payload tensors go to a safetensors file next to the Parquet rows that index them.
+            # Payload tensors go to one safetensors file per shard, written before the rows that
+            # name it (by its path relative to OUTDIR), so no row ever names a missing file.
             from safetensors.numpy import load, save_file
 
             tensors: dict[str, np.ndarray] = {}
@@ -128,14 +144,34 @@ class OutputStore:
                 named = load(blob)
                 keys.append(sorted(f"{row_id}/{name}" for name in named))
                 tensors.update({f"{row_id}/{name}": array for name, array in named.items()})
-            tmp = stem.with_suffix(".safetensors.tmp")
+            target = self.root / PAYLOAD_DIR / f"{stem.name}.safetensors"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.tmp")
             save_file(tensors, str(tmp))
-            os.replace(tmp, stem.with_suffix(".safetensors"))
-            rows["tensor_file"] = [stem.with_suffix(".safetensors").name] * len(keys)
+            os.replace(tmp, target)
+            rows["tensor_file"] = [target.relative_to(self.root).as_posix()] * len(keys)
             rows["tensor_keys"] = keys
         path = stem.with_suffix(".parquet")
         _write_parquet_atomic(pa.table(rows), path)
         return path
+
+
+def _tensor_files(table) -> set[str]:
+    """The payload files a results shard's rows name (paths relative to OUTDIR)."""
+    if "tensor_file" not in table.column_names:
+        return set()
+    return {_tensor_path(name) for name in table.column("tensor_file").to_pylist() if name}
+
+
+def _tensor_path(tensor_file: str) -> str:
+    """A row's tensor_file relative to OUTDIR. Shards written before tokens/ existed named a file
+    beside them in results/ by its bare name."""
+    return tensor_file if "/" in tensor_file else f"results/{tensor_file}"
+
+
+def tensor_path(output_dir: str | os.PathLike, tensor_file: str) -> Path:
+    """Where the safetensors file a results row names (its `tensor_file`) is."""
+    return Path(output_dir) / _tensor_path(tensor_file)
 
 
 def _pa_strings(values: set[str]):
@@ -147,7 +183,8 @@ def _pa_strings(values: set[str]):
 def _write_parquet_atomic(table, path: Path) -> None:
     import pyarrow.parquet as pq
 
-    tmp = path.with_suffix(".parquet.tmp")
+    # Hidden (leading dot): a temp file left by a killed run is skipped by readers of the folder.
+    tmp = path.with_name(f".{path.name}.tmp")
     pq.write_table(table, tmp)
     os.replace(tmp, path)
 
@@ -194,31 +231,109 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         yield
         return
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        ray.init(
-            # "local" starts a fresh instance; without it Ray would attach to whatever cluster
-            # another process on this machine started last.
-            address="local",
-            num_cpus=num_cpus or os.cpu_count(),
-            # A fixed store keeps a job on a shared box from claiming 30% of its memory.
-            object_store_memory=int(os.environ.get("SPATIOTEMPORAL_OBJECT_STORE_BYTES", 1 << 30)),
-            **kwargs,
-        )
+    with _quiet_task_retries():
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(
+                # "local" starts a fresh instance; without it Ray would attach to whatever cluster
+                # another process on this machine started last.
+                address="local",
+                num_cpus=num_cpus or os.cpu_count(),
+                # A fixed store keeps a job on a shared box from claiming 30% of its memory.
+                object_store_memory=int(os.environ.get("SPATIOTEMPORAL_OBJECT_STORE_BYTES", 1 << 30)),
+                **kwargs,
+            )
     try:
         yield
     finally:
         ray.shutdown()
 
 
+# The core worker that owns a task (the driver, for every task and actor a job starts) publishes
+# each failed attempt that will be retried, with the worker's whole traceback, and Ray's error
+# listener prints it to the driver's stdout whatever log_to_driver says: about 145 lines when an
+# inference actor cannot be built. The job reports what finally failed itself, in one line; the
+# attempts stay in the session's logs. Read when a process first connects to Ray.
+_RETRY_ERRORS_SETTING = "RAY_enable_output_error_log_if_still_retry"
+
+
+@contextlib.contextmanager
+def _quiet_task_retries() -> Iterator[None]:
+    """For the Ray this job starts or joins (a user's own setting wins); the process's environment
+    is left as it was."""
+    if _RETRY_ERRORS_SETTING in os.environ:
+        yield
+        return
+    os.environ[_RETRY_ERRORS_SETTING] = "0"
+    try:
+        yield
+    finally:
+        os.environ.pop(_RETRY_ERRORS_SETTING, None)
+
+
+def pending_block_rows(count: int, rows_per_block: int) -> int:
+    """Inputs per block: the job's `rows_per_block` (small, so a lost task redoes little work),
+    grown just enough that `count` inputs make at most MAX_PENDING_BLOCKS blocks."""
+    return max(rows_per_block, -(-count // MAX_PENDING_BLOCKS))
+
+
 def pending_dataset(items: list[InputItem], rows_per_block: int):
-    """The inputs still to do, in blocks small enough that one lost task redoes little work."""
+    """The inputs still to do as a Ray Dataset of {id, path}, in blocks of `pending_block_rows`.
+
+    Plans give their batch functions an explicit batch size, so a bigger block is more batches
+    in one task, never a bigger batch.
+    """
     import ray
 
     rows = [{"id": item.id, "path": item.path} for item in items]
-    blocks = max(1, -(-len(rows) // rows_per_block))
+    blocks = max(1, -(-len(rows) // pending_block_rows(len(rows), rows_per_block)))
     return ray.data.from_items(rows, override_num_blocks=blocks)
+
+
+def check_device(device: str, address: str | None) -> None:
+    """Refuse `cuda` where there is none, before anything runs (it would otherwise run on CPUs).
+
+    Where the job will start its own Ray, this machine's CUDA devices are what the job gets; a Ray
+    already running in this process is asked for its GPUs. A cluster the job joins (`address`) can
+    only be asked once joined: `run_job(require_gpu=True)` does that before it records anything.
+    """
+    import ray
+
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(DEVICES)}; got {device!r}")
+    if device != "cuda":
+        return
+    if ray.is_initialized():
+        _require_cluster_gpu(None)
+    elif address is None:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise NoDeviceError("--device cuda: no CUDA device is available")
+
+
+class NoDeviceError(ValueError):
+    """The job was asked for a device the machine or cluster does not have."""
+
+
+def _require_cluster_gpu(address: str | None) -> None:
+    import ray
+
+    if ray.cluster_resources().get("GPU", 0) < 1:
+        where = f"the Ray cluster at {address}" if address else "the Ray cluster"
+        raise NoDeviceError(f"--device cuda: no CUDA device is available ({where} has no GPU)")
+
+
+def check_stall_timeout(seconds: float) -> float:
+    """A stall timeout is a finite number of seconds > 0 (0 would give up at once)."""
+    try:
+        value = float(seconds)
+    except (TypeError, ValueError):
+        value = math.nan
+    if isinstance(seconds, bool) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"stall_timeout_s must be a number of seconds > 0, got {seconds!r}")
+    return value
 
 
 class JobAborted(RuntimeError):
@@ -254,7 +369,8 @@ def run_job(
     num_cpus: int | None = None,
     progress: bool = True,
     on_row: Callable[[dict[str, Any]], None] | None = None,
-    stall_timeout_s: float = 900.0,
+    stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
+    require_gpu: bool = False,
 ) -> JobSummary:
     """Run `plan` over `items`, skipping what OUTDIR already holds, and write results/failures.
 
@@ -264,13 +380,16 @@ def run_job(
     not listed stay). `retry_failed` redoes the listed inputs that failed before.
 
     `on_row` sees every successful row before it is buffered (jobs use it for side outputs such
-    as submission files). If no output arrives for `stall_timeout_s` (a cluster that lost the
-    resources the plan needs), the job stops and records what is left as failures rather than
+    as submission files). If the plan makes no progress for `stall_timeout_s` (a cluster that lost
+    the resources the plan needs), the job stops and records what is left as failures rather than
     hang. If the plan raises, what is left is recorded as failures, summary.json is written, and
-    JobAborted (one line) is raised.
+    JobAborted (one line) is raised. `require_gpu`: a cluster without a GPU raises NoDeviceError
+    as soon as Ray is up, before any input is recorded (the jobs check what they can earlier,
+    with `check_device`).
     """
     from tqdm import tqdm
 
+    stall_timeout_s = check_stall_timeout(stall_timeout_s)
     store = OutputStore(output_dir)
     store.root.mkdir(parents=True, exist_ok=True)
     plan_todo = _plan_todo(store, items, resume, retry_failed)
@@ -299,10 +418,16 @@ def run_job(
         if todo:
             try:
                 with ray_session(address, num_cpus):
+                    if require_gpu:
+                        _require_cluster_gpu(address)
                     timings["ray_start_s"] = time.perf_counter() - start
                     _quiet_ray_data()
                     dataset = plan(pending_dataset(todo, rows_per_block))
-                    stream = _OutputStream(dataset, stall_timeout_s)
+                    # Ray Data's own no-progress guard stops a stalled execution, its tasks and
+                    # actors with it, and raises ExecutionTimeoutError; left at its default
+                    # (30 min) it would also cut short a job given a longer stall timeout.
+                    dataset.context.execution_no_progress_timeout_s = stall_timeout_s
+                    stream = _OutputStream(dataset, stall_timeout_s + _STALL_GRACE_S)
                     for batch in stream:
                         timings.setdefault("first_output_s", time.perf_counter() - start)
                         for row in _rows(batch):
@@ -324,14 +449,22 @@ def run_job(
                             bar.update(1)
                             bar.set_postfix(ok=ok, failed=failed, refresh=False)
                     stalled = stream.stalled
+            except NoDeviceError:
+                # Nothing ran: the inputs are not recorded, so they stay pending for a run on a
+                # cluster that has the device.
+                raise
             except Exception as err:  # noqa: BLE001 - recorded below, then re-raised as JobAborted
-                aborted = one_line_error(err)
+                if _is_stall(err):
+                    stalled = True
+                else:
+                    aborted = one_line_error(err)
         # Inputs the plan never returned are failures, never silence; a later run retries them
         # with --retry-failed.
         if aborted is not None:
             reason = f"job aborted: {aborted}"
         elif stalled:
-            reason = f"not finished: the job made no progress for {stall_timeout_s:g} s (cluster stalled)"
+            reason = (f"not finished: the job made no progress for {stall_timeout_s:g} s "
+                      "(cluster stalled; see --stall-timeout)")
         else:
             reason = "no output produced by the job"
         for item in todo:
@@ -447,6 +580,22 @@ def check_model(model: str, checkpoint: str | None, family: str) -> None:
             raise ValueError(f"{checkpoint}: no such checkpoint file")
         if not os.access(checkpoint, os.R_OK):
             raise ValueError(f"{checkpoint}: checkpoint is not readable")
+
+
+# Ray Data stops a stalled execution itself (see run_job); the driver's own deadline comes this
+# much later and only guards against an execution that stopped without a word.
+_STALL_GRACE_S = 60.0
+
+
+def _is_stall(err: BaseException) -> bool:
+    from ray.data.exceptions import ExecutionTimeoutError
+
+    current: BaseException | None = err
+    while current is not None:
+        if isinstance(current, ExecutionTimeoutError):
+            return True
+        current = current.__cause__
+    return False
 
 
 class _OutputStream:

@@ -1,8 +1,10 @@
 """Segment many scans: each PLY (or ScanNet scene folder) gets a class for every vertex.
 
-Outputs, besides the shared results/failures tables (one row per scan with per-vertex nyu40 ids
-and per-class counts): `submission/<name>.txt`, one nyu40 id per vertex in vertex order -- the
-ScanNet benchmark's semantic-label submission format. `<name>` is the ScanNet scene id for ScanNet
+Outputs, besides the shared results/failures tables (one row per scan with its per-vertex
+`labels`, what they are in `label_kind`, and per-class counts): `submission/<name>.txt`, one label
+per vertex in vertex order. For a model of the ScanNet 20-class label set the labels are nyu40
+ids, which is the ScanNet benchmark's semantic-label submission format; any other label set
+(S3DIS, a custom head) writes its class indices, as `label_kind` says. `<name>` is the ScanNet scene id for ScanNet
 scenes (`scene0000_00.txt`, as the benchmark expects) and otherwise the input's id made safe for a
 file name (`a/room.ply` -> `a__room.txt`); see `submission_names`.
 
@@ -25,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from pipelines.inputs import InputItem, list_inputs
-from pipelines.job import JobSummary, check_model, failure_reason, run_job
+from pipelines.job import DEFAULT_STALL_TIMEOUT_S, JobSummary, check_device, check_model, failure_reason, run_job
+from spatiotemporal.data.scannet import is_prepared_scene
 from spatiotemporal.io.points import POINT_FILE_EXTENSIONS, SCANNET_MESH_SUFFIX, is_scannet_scene
 
 # ScanNet's ground truth sits next to its meshes; it is never a scan to segment.
@@ -33,8 +36,9 @@ _GROUND_TRUTH_SUFFIX = ".labels.ply"
 
 
 def is_scene_folder(path: Path) -> bool:
-    """A folder read as one scan: a raw ScanNet scene or a Pointcept-layout scene (coord.npy)."""
-    return path.is_dir() and ((path / "coord.npy").is_file() or is_scannet_scene(path))
+    """A folder read as one scan: a raw ScanNet scene or a finished Pointcept-layout scene (the
+    hidden folders an interrupted `prepare scannet` leaves are neither)."""
+    return path.is_dir() and (is_prepared_scene(path) or is_scannet_scene(path))
 
 
 def _is_scan_file(name: str) -> bool:
@@ -66,7 +70,8 @@ def _walk_scans(root: Path) -> Iterable[InputItem]:
         scenes = [name for name in dirnames if is_scene_folder(here / name)]
         # Pruned in place: os.walk then never descends into a scene, so its coord.npy, color.npy
         # or mesh files are not listed again as scans of their own.
-        dirnames[:] = sorted(set(dirnames) - set(scenes))
+        # Hidden folders (an interrupted prepare's `.scene.partial`) are never walked into.
+        dirnames[:] = sorted(name for name in set(dirnames) - set(scenes) if not name.startswith("."))
         for name in scenes + [f for f in filenames if _is_scan_file(f)]:
             path = here / name
             yield InputItem(id=path.relative_to(root).as_posix(), path=os.path.realpath(path))
@@ -132,9 +137,9 @@ def submission_names(ids: Iterable[str]) -> dict[str, str]:
 
 
 class Segmenter:
-    """An inference actor: one model, scans in, per-vertex nyu40 ids out."""
+    """An inference actor: one model, scans in, per-vertex labels (nyu40 ids for ScanNet) out."""
 
-    def __init__(self, model: str, checkpoint: str | None, voxel_size: float, max_fragments: int | None,
+    def __init__(self, model: str, checkpoint: str | None, voxel_size: float | None, max_fragments: int | None,
                  device: str, threads: int):
         import ray
         import torch
@@ -147,22 +152,23 @@ class Segmenter:
         self.node = ray.get_runtime_context().get_node_id()
 
     def __call__(self, batch: dict[str, np.ndarray]):
-        out: dict[str, list] = {k: [] for k in ("id", "path", "error", "num_points", "fragments", "nyu40",
-                                                "class_counts", "seconds", "node_id")}
+        out: dict[str, list] = {k: [] for k in ("id", "path", "error", "num_points", "fragments", "labels",
+                                                "label_kind", "class_counts", "seconds", "node_id")}
         for row_id, path in zip(batch["id"], batch["path"]):
             start = time.perf_counter()
             try:
                 prediction = self.segmenter.predict(str(path))
-                nyu40, error = prediction.nyu40.astype(np.int16), ""
+                labels, kind, error = prediction.label_ids.astype(np.int16), prediction.label_kind, ""
                 counts, fragments = prediction.counts(), prediction.fragments
             except Exception as err:  # noqa: BLE001 - every failing scan becomes a failure row
-                nyu40, error, counts, fragments = np.zeros(0, np.int16), failure_reason(err), {}, 0
+                labels, kind, error, counts, fragments = np.zeros(0, np.int16), "", failure_reason(err), {}, 0
             out["id"].append(str(row_id))
             out["path"].append(str(path))
             out["error"].append(error)
-            out["num_points"].append(len(nyu40))
+            out["num_points"].append(len(labels))
             out["fragments"].append(fragments)
-            out["nyu40"].append(nyu40)
+            out["labels"].append(labels)
+            out["label_kind"].append(kind)
             # JSON keeps the column one type whatever classes a scan contains.
             out["class_counts"].append(json.dumps(counts))
             out["seconds"].append(time.perf_counter() - start)
@@ -170,8 +176,8 @@ class Segmenter:
         import pyarrow as pa
 
         # Plain Arrow columns; per-vertex ids are a list column (scans differ in size).
-        columns = {k: pa.array(v) for k, v in out.items() if k != "nyu40"}
-        columns["nyu40"] = pa.array([a.tolist() for a in out["nyu40"]], pa.list_(pa.int16()))
+        columns = {k: pa.array(v) for k, v in out.items() if k != "labels"}
+        columns["labels"] = pa.array([a.tolist() for a in out["labels"]], pa.list_(pa.int16()))
         return pa.table(columns)
 
 
@@ -181,7 +187,7 @@ def run(
     *,
     model: str,
     checkpoint: str | None = None,
-    voxel_size: float = 0.02,
+    voxel_size: float | None = None,
     max_fragments: int | None = 1,
     workers: int = 1,
     device: str = "auto",
@@ -191,9 +197,12 @@ def run(
     num_cpus: int | None = None,
     shard_rows: int = 16,
     progress: bool = True,
+    stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
 ) -> JobSummary:
-    """Per-vertex predictions for every scan under `input`."""
+    """Per-vertex predictions for every scan under `input`. `voxel_size` None: the one the
+    model was trained with (its checkpoint's, else its config's)."""
     check_model(model, checkpoint, "points")  # before Ray starts: a bad name or path is one line
+    check_device(device, address)
     items = list_scans(input)
     submission = Path(output) / "submission"
     # Named over the whole listing, not just the pending part, so resuming renames nothing.
@@ -203,13 +212,16 @@ def run(
         submission.mkdir(parents=True, exist_ok=True)
         target = submission / f"{names[row['id']]}.txt"
         tmp = target.with_suffix(".txt.tmp")
-        np.savetxt(tmp, np.asarray(row["nyu40"], dtype=np.int64), fmt="%d")
+        np.savetxt(tmp, np.asarray(row["labels"], dtype=np.int64), fmt="%d")
         os.replace(tmp, target)
 
     def plan(dataset):
         import ray
 
         gpus = ray.cluster_resources().get("GPU", 0) if device in ("auto", "cuda") else 0
+        if device == "cuda" and gpus < 1:
+            # check_device refuses this before Ray starts; a plan must never fall back to CPUs.
+            raise ValueError("--device cuda: no CUDA device is available (the Ray cluster has no GPU)")
         resources = {"num_gpus": 1} if gpus >= 1 else {"num_cpus": 0.5}
         return dataset.map_batches(
             Segmenter,
@@ -240,4 +252,6 @@ def run(
         num_cpus=num_cpus,
         progress=progress,
         on_row=write_submission,
+        stall_timeout_s=stall_timeout_s,
+        require_gpu=device == "cuda",
     )

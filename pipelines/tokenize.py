@@ -2,7 +2,8 @@
 grid-sampled point tokens with their coordinates, written as safetensors shards.
 
 Shard format (read back with `TokenShards`): each `results/part-*.parquet` row names its input
-(`id`, `path`, `kind`) and the tensors it owns in the sibling `part-*.safetensors`, under keys
+(`id`, `path`, `kind`) and the tensors it owns: `tensor_file` is their safetensors file, relative
+to OUTDIR (`tokens/part-*.safetensors`; results/ holds only Parquet), and `tensor_keys` their keys,
 `<id>/<name>`:
   video  -> `tokens` uint8 (N, pt*ph*pw*C), `grid` int64 (3,) = tokens along (t, h, w)
   points -> `coord` float32 (M, 3), `grid_coord` int32 (M, 3), `feat` float32 (M, C)
@@ -21,7 +22,10 @@ from typing import Any
 import numpy as np
 
 from pipelines.inputs import POINT_EXTENSIONS, VIDEO_EXTENSIONS, list_inputs
-from pipelines.job import PAYLOAD, JobSummary, failure_reason, run_job
+from pipelines.job import DEFAULT_STALL_TIMEOUT_S, PAYLOAD, JobSummary, failure_reason, run_job
+
+# Inputs per task call: a clip's tokens are megabytes, so a batch holds few of them.
+ROWS_PER_BATCH = 2
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,7 @@ def run(
     num_cpus: int | None = None,
     shard_rows: int = 64,
     progress: bool = True,
+    stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
 ) -> JobSummary:
     """Tokenize every clip and scan under `input` into shards in `output`."""
     config = TokenizeConfig(frames, stride, size, parse_tubelet(tubelet), voxel_size, timeout_s)
@@ -127,7 +132,7 @@ def run(
 
     def plan(dataset):
         return dataset.map_batches(
-            tokenize_batch, fn_kwargs={"config": config}, batch_size=None, batch_format="numpy", num_cpus=1
+            tokenize_batch, fn_kwargs={"config": config}, batch_size=ROWS_PER_BATCH, batch_format="numpy", num_cpus=1
         )
 
     return run_job(
@@ -137,11 +142,12 @@ def run(
         plan,
         resume=resume,
         retry_failed=retry_failed,
-        rows_per_block=2,
+        rows_per_block=ROWS_PER_BATCH,
         shard_rows=shard_rows,
         address=address,
         num_cpus=num_cpus,
         progress=progress,
+        stall_timeout_s=stall_timeout_s,
     )
 
 
@@ -152,7 +158,7 @@ class TokenShards:
     def __init__(self, output: str | os.PathLike, kind: str | None = None):
         from pipelines.job import read_table
 
-        self.root = Path(output) / "results"
+        self.root = Path(output)
         table = read_table(output, "results")
         if kind is not None:
             table = table[table["kind"] == kind]
@@ -164,9 +170,11 @@ class TokenShards:
     def __getitem__(self, index: int) -> dict[str, Any]:
         from safetensors import safe_open
 
+        from pipelines.job import tensor_path
+
         row = self.rows.iloc[index]
         out: dict[str, Any] = {"id": row["id"], "kind": row["kind"]}
-        with safe_open(str(self.root / row["tensor_file"]), framework="pt") as handle:
+        with safe_open(str(tensor_path(self.root, row["tensor_file"])), framework="pt") as handle:
             for key in row["tensor_keys"]:
                 out[key.rsplit("/", 1)[1]] = handle.get_tensor(key)
         return out

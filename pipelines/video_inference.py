@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipelines.inputs import VIDEO_EXTENSIONS, list_inputs
-from pipelines.job import JobSummary, check_model, failure_reason, run_job
+from pipelines.job import DEFAULT_STALL_TIMEOUT_S, JobSummary, check_device, check_model, failure_reason, run_job
 
 
 def decode_batch(batch: dict[str, np.ndarray], recipe, timeout_s: float) -> dict[str, np.ndarray]:
@@ -158,6 +158,9 @@ def resource_plan(workers: int, cluster: dict[str, float], device: str = "auto",
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     gpus = cluster.get("GPU", 0) if device in ("auto", "cuda") else 0
+    if device == "cuda" and gpus < 1:
+        # check_device refuses this before Ray starts; a plan must never fall back to CPUs.
+        raise ValueError("--device cuda: no CUDA device is available (the Ray cluster has no GPU)")
     if gpus >= 1:
         return ResourcePlan(decode_in_actor=False, actor={"num_gpus": 1}, threads=1, decode_cpus=decode_cpus)
     cpus = cluster.get("CPU", 1) or 1
@@ -186,16 +189,24 @@ def run(
     decode_cpus: float = 0.5,
     shard_rows: int = 256,
     progress: bool = True,
+    stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
 ) -> JobSummary:
     """Top-k predictions for every video under `input`, into Parquet shards in `output`."""
     from spatiotemporal.infer import ClipRecipe, check_topk, parse_views
-    from spatiotemporal.models.registry import get_spec
+    from spatiotemporal.io.errors import CheckpointError
+    from spatiotemporal.models.registry import resolved_spec
     from spatiotemporal.precision import check_precision
 
     check_precision(precision)  # before any actor starts
     check_topk(topk)
     check_model(model, checkpoint, "video")
-    spec = get_spec(model)
+    check_device(device, address)
+    # The clips the model was built and trained for: a checkpoint's own frames and size, not the
+    # registered spec's, or the decode tasks would cut views the actors' model does not take.
+    try:
+        spec = resolved_spec(model, checkpoint)
+    except CheckpointError as err:  # unreadable: refused before Ray starts, in one line
+        raise ValueError(str(err)) from None
     recipe = ClipRecipe.from_spec(spec, parse_views(views, spec))
     items = list_inputs(input, VIDEO_EXTENSIONS)
 
@@ -219,7 +230,7 @@ def run(
             dataset = dataset.map_batches(
                 decode_batch,
                 fn_kwargs={"recipe": recipe, "timeout_s": timeout_s},
-                batch_size=None,
+                batch_size=batch_size,
                 batch_format="numpy",
                 num_cpus=layout.decode_cpus,
                 # Decoding is the part that scales with nodes: spread it rather than pack it, and
@@ -249,4 +260,6 @@ def run(
         address=address,
         num_cpus=num_cpus,
         progress=progress,
+        stall_timeout_s=stall_timeout_s,
+        require_gpu=device == "cuda",
     )

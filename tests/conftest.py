@@ -63,3 +63,19 @@ def ray_cluster():
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=512 << 20)
     yield
     ray.shutdown()
+
+
+@pytest.fixture()
+def misfitting_checkpoint(tmp_path: Path) -> Path:
+    """A vivit_tiny checkpoint that reads fine on the driver but whose 3-wide head does not fit
+    the 7 classes it records, so building the model fails only in a job's workers."""
+    import torch
+
+    from spatiotemporal.models import create_model
+
+    state = create_model("vivit_tiny", num_classes=7).state_dict()
+    state["head.weight"] = torch.zeros(3, state["head.weight"].shape[1])
+    state["head.bias"] = torch.zeros(3)
+    path = tmp_path / "misfit.pth"
+    torch.save({"model": state, "num_classes": 7}, path)
+    return path

@@ -186,16 +186,26 @@ def test_a_plan_that_raises_records_the_rest_as_failures_and_writes_the_summary(
     assert summary["extra"]["aborted"] == "RuntimeError: worker bug"
 
 
-def test_a_checkpoint_that_fails_in_the_workers_aborts_with_its_reason(ray_cluster, tree):
+def test_a_checkpoint_that_fails_in_the_workers_aborts_with_its_reason(ray_cluster, tree, misfitting_checkpoint):
     from pipelines import video_inference
 
-    (tree / "junk.pth").write_bytes(b"junk!")
-    with pytest.raises(JobAborted, match=r"CheckpointError: .*junk\.pth: cannot read checkpoint"):
-        video_inference.run(tree / "sub", tree / "out", model="vivit_tiny", checkpoint=str(tree / "junk.pth"),
+    checkpoint = misfitting_checkpoint
+    with pytest.raises(JobAborted, match=r"CheckpointError: .*misfit\.pth: spatiotemporal checkpoint does not fit"):
+        video_inference.run(tree / "sub", tree / "out", model="vivit_tiny", checkpoint=str(checkpoint),
                             views="1x1", progress=False)
     (failure,) = read_table(tree / "out", "failures").to_dict("records")
     assert failure["id"] == "c.mp4" and failure["error"].startswith("job aborted: CheckpointError: ")
     assert json.loads((tree / "out" / "summary.json").read_text())["failed"] == 1
+
+
+def test_an_unreadable_checkpoint_is_refused_before_anything_runs(tmp_path):
+    from pipelines import video_inference
+
+    (tmp_path / "junk.pth").write_bytes(b"junk!")
+    with pytest.raises(ValueError, match=r"junk\.pth: cannot read checkpoint"):
+        video_inference.run(tmp_path, tmp_path / "out", model="vivit_tiny", checkpoint=str(tmp_path / "junk.pth"),
+                            progress=False)
+    assert not (tmp_path / "out").exists()
 
 
 def test_model_and_checkpoint_are_checked_before_ray_starts(tmp_path):

@@ -154,6 +154,28 @@ def test_video_inference_matches_the_library_and_records_failures(ray_cluster, m
         assert row["precision"] == "fp32"
 
 
+def test_video_inference_cuts_the_clips_a_checkpoint_was_built_for(ray_cluster, mixed_inputs, tmp_path):
+    # Fine-tuned at 4 frames every 2 of 96 px (timesformer_tiny is registered for 8 x 4 at 112): the
+    # decode side must cut those clips, not the registered ones the model would silently resize.
+    from spatiotemporal.infer import VideoClassifier
+    from spatiotemporal.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("timesformer_tiny", num_classes=5, num_frames=4, image_size=96)
+    checkpoint = tmp_path / "ckpt.pt"
+    torch.save({"model": model.state_dict(), "model_name": "timesformer_tiny",
+                "model_kwargs": {"num_frames": 4, "image_size": 96},
+                "clip": {"num_frames": 4, "frame_stride": 2, "crop_size": 96, "short_side": 96},
+                "class_names": list("abcde")}, checkpoint)
+    video_inference.run(mixed_inputs / "a.mp4", tmp_path / "out", model="timesformer_tiny",
+                        checkpoint=str(checkpoint), views="1x1", precision="fp32", progress=False)
+    (row,) = read_table(tmp_path / "out").to_dict("records")
+    reference = VideoClassifier("timesformer_tiny", str(checkpoint), views="1x1", device="cpu", precision="fp32")
+    assert (reference.recipe.frames, reference.recipe.stride, reference.recipe.crop) == (4, 2, 96)
+    expected = reference.predict(mixed_inputs / "a.mp4", topk=5)
+    np.testing.assert_allclose(row["probs"], expected.probs, rtol=1e-4, atol=1e-6)
+
+
 def test_cpu_workers_each_take_one_core_that_decodes_and_infers():
     """On CPUs a worker is one actor on one core and one torch thread, decoding its own batches:
     nothing oversubscribed, and `workers` is the number of cores the job uses. With GPUs, decode
@@ -218,10 +240,33 @@ def test_point_inference_writes_submission_files_and_parquet(ray_cluster, scans,
     n = len(read_ply(scans / "room.ply")["coord"])
     submitted = np.loadtxt(tmp_path / "submission" / "room.txt", dtype=np.int64)
     assert submitted.shape == (n,) and row["num_points"] == n
-    np.testing.assert_array_equal(submitted, row["nyu40"])
-    assert set(np.unique(submitted)) <= set(NYU40_IDS)
+    np.testing.assert_array_equal(submitted, row["labels"])
+    assert row["label_kind"] == "nyu40" and set(np.unique(submitted)) <= set(NYU40_IDS)
     again = point_inference.run(scans, tmp_path, model="point_transformer_tiny", progress=False)
     assert (again.ok, again.failed, again.skipped) == (0, 0, 2)
+
+
+def test_point_inference_of_another_label_set_submits_class_indices(ray_cluster, scans, tmp_path):
+    # A 25-class head whose bias makes every point class 22: not ScanNet's label set, so there are
+    # no nyu40 ids; the job writes the class indices and says so, instead of failing every scan.
+    from pipelines import point_inference
+    from spatiotemporal.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("point_transformer_tiny", num_classes=25)
+    with torch.no_grad():
+        model.classifier[-1].weight.zero_()
+        model.classifier[-1].bias.zero_()
+        model.classifier[-1].bias[22] = 10.0
+    checkpoint = tmp_path / "ck.pt"
+    torch.save({"model": model.state_dict(), "num_classes": 25}, checkpoint)
+    out = tmp_path / "out"
+    summary = point_inference.run(scans, out, model="point_transformer_tiny", checkpoint=str(checkpoint),
+                                  progress=False)
+    assert (summary.ok, summary.failed) == (1, 1)
+    (row,) = read_table(out).to_dict("records")
+    assert row["label_kind"] == "class_index"
+    assert set(np.loadtxt(out / "submission" / "room.txt", dtype=np.int64)) == {22}
 
 
 def test_point_inference_takes_scannet_scene_folders(ray_cluster, tmp_path):

@@ -104,3 +104,12 @@ def test_a_truncated_npz_is_a_point_cloud_error(tmp_path, cloud):
     (tmp_path / "cut.npz").write_bytes((tmp_path / "whole.npz").read_bytes()[:300])
     with pytest.raises(PointCloudError, match="unreadable .npz"):
         read_points(tmp_path / "cut.npz")
+
+
+def test_a_half_written_scene_left_by_an_interrupted_prepare_is_not_a_scan(prepared_root, cloud):
+    # `prepare scannet` writes each scene into a hidden `.{scene}.partial` folder and renames it
+    # when done; a killed run leaves that folder behind with a coord.npy in it.
+    write_preprocessed(prepared_root / "train" / ".scene0003_00.partial", cloud)
+    assert [item.id for item in list_scans(prepared_root)] == [
+        "train/scene0000_00", "train/scene0001_00", "val/scene0002_00"
+    ]

@@ -82,7 +82,7 @@ def test_scans_sharing_a_file_name_each_get_their_own_submission(ray_cluster, li
     for scan_id, name, step in (("a/room.ply", "a__room", 50), ("b/room.ply", "b__room", 80),
                                 ("c/room.npz", "c__room", 110)):
         assert len(submitted(out, name)) == len(living_room["coord"][::step])
-        np.testing.assert_array_equal(submitted(out, name), rows[scan_id]["nyu40"])
+        np.testing.assert_array_equal(submitted(out, name), rows[scan_id]["labels"])
 
 
 def test_a_prepared_root_gets_one_submission_per_scene_and_per_loose_scan(ray_cluster, living_room, tmp_path):

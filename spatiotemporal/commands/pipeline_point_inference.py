@@ -14,7 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_job_arguments(parser)
     parser.add_argument("--model", required=True)
     parser.add_argument("--checkpoint", default=None)
-    parser.add_argument("--voxel-size", type=float, default=0.02)
+    parser.add_argument("--voxel-size", type=float, default=None,
+                        help="grid size in metres (default: the one the model was trained with)")
     parser.add_argument("--max-fragments", type=int, default=1, help="test fragments per scan to vote over (0 = all)")
     parser.add_argument("--workers", type=int, default=1, help="inference actors")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))

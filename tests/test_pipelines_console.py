@@ -1,0 +1,35 @@
+"""What a user sees when the model fails inside Ray's workers: the job's progress bar, its summary
+and one error line -- not the worker's traceback, which Ray's error listener used to print to
+stdout (about 145 lines) while the actor it could not build was being retried."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray")
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = str(ROOT / ".venv/bin/spatiotemporal")
+
+
+def test_a_model_failing_in_the_workers_prints_one_error_line_and_no_traceback(video_dir, misfitting_checkpoint, tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "pancake.mkv").symlink_to(video_dir / "flipping_a_pancake.mkv")
+    checkpoint = misfitting_checkpoint
+    run = subprocess.run(
+        [CLI, "pipeline", "video-inference", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+         "--model", "vivit_tiny", "--checkpoint", str(checkpoint), "--views", "1x1", "--num-cpus", "2"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 2
+    assert run.stdout == ""
+    lines = run.stderr.splitlines()
+    assert "Traceback" not in run.stderr and len(lines) <= 8, run.stderr
+    assert lines[-2].startswith("video-inference: 0 ok, 1 failed, 0 skipped of 1 inputs in ")
+    assert lines[-1].startswith(
+        f"error: video-inference aborted: CheckpointError: {checkpoint}: spatiotemporal checkpoint does not fit vivit"
+    )
+    assert "video-inference:   0%|" in run.stderr  # the job's own progress bar still draws
