@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
-# pipelines.job's default, repeated so that `--help` need not import the job machinery.
+# Here rather than in pipelines.job, so that `--help` need not import the job machinery.
 DEFAULT_STALL_TIMEOUT_S = 900.0
 
 
@@ -29,14 +29,22 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
                              "YAML key stall_timeout_s)")
 
 
+def stall_seconds(value, name: str = "stall_timeout_s") -> float:
+    """A stall timeout is a finite number of seconds > 0 (0 would give up at once)."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if isinstance(value, bool) or not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
+    return seconds
+
+
 def _seconds(text: str) -> float:
     try:
-        value = float(text)
+        return stall_seconds(text)
     except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
-    return value
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}") from None
 
 
 def error_types() -> tuple[type[BaseException], ...]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import sys
 import time
@@ -34,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from pipelines.arguments import DEFAULT_STALL_TIMEOUT_S, stall_seconds
 from pipelines.errors import one_line_error
 from pipelines.inputs import InputItem, ManifestError
 
@@ -42,7 +42,6 @@ from pipelines.inputs import InputItem, ManifestError
 PAYLOAD = "payload"
 PAYLOAD_DIR = "tokens"
 DEVICES = ("auto", "cpu", "cuda")
-DEFAULT_STALL_TIMEOUT_S = 900.0
 # Every block of the pending dataset costs the driver about a millisecond to build and another
 # ten or so to schedule as a task (240,000 inputs in 60,000 blocks of 4: 74 s and 370 MiB before
 # the first task). 2000 blocks still give a large cluster many per core to balance, while a small
@@ -317,23 +316,24 @@ class NoDeviceError(ValueError):
     """The job was asked for a device the machine or cluster does not have."""
 
 
+def usable_gpus(device: str, cluster: dict, address: str | None = None) -> float:
+    """The GPUs a job on `cluster` (`ray.cluster_resources()`) may use: none for `cpu`; `cuda`
+    where there are none is refused, never run on CPUs."""
+    gpus = cluster.get("GPU", 0) if device in ("auto", "cuda") else 0
+    if device == "cuda" and gpus < 1:
+        where = f"the Ray cluster at {address}" if address else "the Ray cluster"
+        raise NoDeviceError(f"--device cuda: no CUDA device is available ({where} has no GPU)")
+    return gpus
+
+
 def _require_cluster_gpu(address: str | None) -> None:
     import ray
 
-    if ray.cluster_resources().get("GPU", 0) < 1:
-        where = f"the Ray cluster at {address}" if address else "the Ray cluster"
-        raise NoDeviceError(f"--device cuda: no CUDA device is available ({where} has no GPU)")
+    usable_gpus("cuda", ray.cluster_resources(), address)
 
 
 def check_stall_timeout(seconds: float) -> float:
-    """A stall timeout is a finite number of seconds > 0 (0 would give up at once)."""
-    try:
-        value = float(seconds)
-    except (TypeError, ValueError):
-        value = math.nan
-    if isinstance(seconds, bool) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"stall_timeout_s must be a number of seconds > 0, got {seconds!r}")
-    return value
+    return stall_seconds(seconds)
 
 
 class JobAborted(RuntimeError):

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.inputs import InputItem, list_inputs
-from pipelines.job import DEFAULT_STALL_TIMEOUT_S, JobSummary, check_device, check_model, failure_reason, run_job
+from pipelines.job import DEFAULT_STALL_TIMEOUT_S, JobSummary, check_device, check_model, failure_reason, run_job, usable_gpus
 from spatiotemporal.data.scannet import is_prepared_scene
 from spatiotemporal.io.points import POINT_FILE_EXTENSIONS, SCANNET_MESH_SUFFIX, is_scannet_scene
 
@@ -218,10 +218,7 @@ def run(
     def plan(dataset):
         import ray
 
-        gpus = ray.cluster_resources().get("GPU", 0) if device in ("auto", "cuda") else 0
-        if device == "cuda" and gpus < 1:
-            # check_device refuses this before Ray starts; a plan must never fall back to CPUs.
-            raise ValueError("--device cuda: no CUDA device is available (the Ray cluster has no GPU)")
+        gpus = usable_gpus(device, ray.cluster_resources())
         resources = {"num_gpus": 1} if gpus >= 1 else {"num_cpus": 0.5}
         return dataset.map_batches(
             Segmenter,

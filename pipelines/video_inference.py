@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipelines.inputs import VIDEO_EXTENSIONS, list_inputs
-from pipelines.job import DEFAULT_STALL_TIMEOUT_S, JobSummary, check_device, check_model, failure_reason, run_job
+from pipelines.job import DEFAULT_STALL_TIMEOUT_S, JobSummary, check_device, check_model, failure_reason, run_job, usable_gpus
 
 
 def decode_batch(batch: dict[str, np.ndarray], recipe, timeout_s: float) -> dict[str, np.ndarray]:
@@ -157,10 +157,7 @@ def resource_plan(workers: int, cluster: dict[str, float], device: str = "auto",
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    gpus = cluster.get("GPU", 0) if device in ("auto", "cuda") else 0
-    if device == "cuda" and gpus < 1:
-        # check_device refuses this before Ray starts; a plan must never fall back to CPUs.
-        raise ValueError("--device cuda: no CUDA device is available (the Ray cluster has no GPU)")
+    gpus = usable_gpus(device, cluster)
     if gpus >= 1:
         return ResourcePlan(decode_in_actor=False, actor={"num_gpus": 1}, threads=1, decode_cpus=decode_cpus)
     cpus = cluster.get("CPU", 1) or 1

@@ -129,17 +129,14 @@ def aggregate_views(logits: torch.Tensor, aggregation: str) -> torch.Tensor:
 def class_names_for(num_classes: int, checkpoint: str | None = None) -> list[str]:
     """Names from the checkpoint when it carries them, else Kinetics (400/600), else class_<i>."""
     from spatiotemporal.convert import read_checkpoint_meta
+    from spatiotemporal.meta import head_class_names, kinetics_class_names
 
     names = read_checkpoint_meta(checkpoint).get("class_names") if checkpoint is not None else None
-    if names is not None:
-        if len(names) != num_classes:
-            raise CheckpointError(checkpoint, f"{len(names)} class names for {num_classes} classes")
-        return [str(n) for n in names]
-    if num_classes in (400, 600):
-        from spatiotemporal.meta import kinetics_class_names
-
-        return list(kinetics_class_names(num_classes))
-    return [f"class_{i}" for i in range(num_classes)]
+    kinetics = [kinetics_class_names(num_classes)] if num_classes in (400, 600) else []
+    try:
+        return head_class_names(num_classes, names, kinetics)
+    except ValueError as err:
+        raise CheckpointError(checkpoint, str(err)) from None
 
 
 @dataclass
@@ -289,15 +286,13 @@ def point_class_names(model, meta: dict, checkpoint: str | None = None) -> tuple
     `read_checkpoint_meta`), else ScanNet's 20 for a 20-class head of a 20-class (ScanNet)
     spec, else class_<i>, one per output of the model."""
     from spatiotemporal.data.scannet import CLASS_NAMES
+    from spatiotemporal.meta import head_class_names
 
-    names = meta.get("class_names")
-    if names is not None:
-        if len(names) != model.num_classes:
-            raise CheckpointError(checkpoint, f"{len(names)} class names for a model with {model.num_classes} classes")
-        return tuple(str(name) for name in names)
-    if model.num_classes == model.spec.num_classes == len(CLASS_NAMES):
-        return CLASS_NAMES
-    return tuple(f"class_{i}" for i in range(model.num_classes))
+    scannet = [CLASS_NAMES] if model.spec.num_classes == len(CLASS_NAMES) else []
+    try:
+        return tuple(head_class_names(model.num_classes, meta.get("class_names"), scannet))
+    except ValueError as err:
+        raise CheckpointError(checkpoint, str(err)) from None
 
 
 def trained_voxel_size(model, meta: dict) -> tuple[float | None, str]:
@@ -337,7 +332,7 @@ class PointSegmenter:
     ):
         import sys
 
-        from spatiotemporal.convert import read_checkpoint_meta
+        from spatiotemporal.convert import read_checkpoint, read_checkpoint_meta
 
         self.spec = get_spec(model)
         if self.spec.family != "points":
@@ -345,6 +340,8 @@ class PointSegmenter:
         if voxel_size is not None and not voxel_size > 0:
             raise ValueError(f"--voxel-size must be a positive number of metres, got {voxel_size}")
         self.device = resolve_device(device)
+        if checkpoint is not None:
+            checkpoint = read_checkpoint(checkpoint)  # read once: metadata and weights come from it
         meta = read_checkpoint_meta(checkpoint) if checkpoint is not None else {}
         self.model = create_model(model, pretrained=checkpoint).eval().to(self.device)
         self.feature_keys = point_feature_keys(self.model)

@@ -166,22 +166,25 @@ def test_test_sample_holds_every_temporal_and_spatial_view(synthetic):
 
 
 @pytest.mark.parametrize("num_crops", [1, 3])
-def test_resizing_at_decode_gives_the_same_test_views_to_the_pixel(video_dir, num_crops):
+@pytest.mark.parametrize("geometry", ["slowfast", "mmaction2"])
+def test_resizing_at_decode_gives_the_same_test_views_to_the_pixel(video_dir, num_crops, geometry):
     """A dataset that has the reader resize frames to the test short side (as a cache of small
-    frames does) hands the model exactly the views evaluation cuts from full-size frames."""
+    frames does) hands the model exactly the views evaluation cuts from full-size frames, in the
+    geometry of its test protocol: at a short side of 112 the 426x240 clip is 198 wide for
+    SlowFast and 199 for mmaction2."""
     from spatiotemporal.data.kinetics import VideoRecord
 
     record = [VideoRecord("pancake", str(video_dir / "flipping_a_pancake.mkv"), "flipping pancake")]
-    transform = ClipTransform(crop_size=112, test_short_side=128, num_crops=num_crops)
+    transform = ClipTransform(crop_size=96, test_short_side=112, num_crops=num_crops, geometry=geometry)
     clip = ClipSampling(num_frames=8, stride=4, num_clips=2, anchor="slowfast")
     views = {
         side: KineticsDataset(record, ClassIndex(("flipping pancake",)), mode="test", clip=clip,
                               transform=transform, decode_short_side=side)[0]
-        for side in (None, 128)
+        for side in (None, 112)
     }
-    assert views[None]["error"] == views[128]["error"] == ""
-    assert views[None]["video"].shape == (2 * num_crops, 3, 8, 112, 112)
-    assert torch.equal(views[128]["video"], views[None]["video"])
+    assert views[None]["error"] == views[112]["error"] == ""
+    assert views[None]["video"].shape == (2 * num_crops, 3, 8, 96, 96)
+    assert torch.equal(views[112]["video"], views[None]["video"])
 
 
 def test_resizing_test_frames_at_decode_to_another_size_is_refused(video_dir):

@@ -117,3 +117,12 @@ def test_a_voxel_size_other_than_the_trained_one_is_used_with_a_one_line_warning
 def test_a_voxel_size_that_is_not_positive_is_refused():
     with pytest.raises(ValueError, match="--voxel-size must be a positive number of metres, got 0.0"):
         PointSegmenter("point_transformer_tiny", device="cpu", voxel_size=0.0)
+
+
+def test_the_segmenter_reads_its_checkpoint_once(tmp_path, monkeypatch):
+    checkpoint = save_checkpoint(tmp_path / "ck.pt", num_classes=20, winner=0, grid_size=0.05)
+    reads = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: reads.append(a[0]) or real(*a, **k))
+    segmenter = PointSegmenter("point_transformer_tiny", str(checkpoint), device="cpu")
+    assert reads == [str(checkpoint)] and segmenter.voxel_size == 0.05

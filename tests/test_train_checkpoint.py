@@ -67,7 +67,10 @@ def test_resume_with_no_checkpoint_yet_starts_from_the_beginning_and_says_so(tmp
     (run / ".validate_storage_marker").write_text("")
     (run / "metrics.jsonl").write_text(json.dumps({"split": "train", "step": 10, "loss": 1.0}) + "\n")
     assert start_point(run, resume=True, config={}) is None
-    assert capsys.readouterr().out == f"note: {run} has no checkpoint yet; --resume starts the run from the beginning\n"
+    assert capsys.readouterr().out == (
+        f"note: {run} has no checkpoint yet; --resume starts the run from the beginning "
+        "(the metrics it logged are cleared)\n"
+    )
     assert not (run / "metrics.jsonl").exists()
 
 
@@ -219,3 +222,15 @@ def test_workers_the_cluster_cannot_place_are_refused_in_one_line():
     with pytest.raises(ValueError, match=r"has 2 CPU, the training workers need 8 \(ray.num_workers=2 x 4 CPU\)"):
         check_cluster_fits({**ray, "use_gpu": False, "resources_per_worker": {"CPU": 4}}, {"CPU": 2.0})
     check_cluster_fits(ray, {"CPU": 2.0, "GPU": 2.0})
+
+
+def test_resume_takes_a_models_old_argument_name_for_the_same_model(tmp_path):
+    # MViTv2's `img_size` is now `image_size`: a run saved under the old name is the same model.
+    from spatiotemporal.train.checkpoint import check_resumable
+
+    config = load_config(data={"model": {"name": "mvitv2_tiny", "kwargs": {"image_size": 32}}})
+    stored = load_config(data={"model": {"name": "mvitv2_tiny", "kwargs": {"img_size": 32}}})
+    assert check_resumable(tmp_path, stored, config) == []
+    other = load_config(data={"model": {"name": "mvitv2_tiny", "kwargs": {"img_size": 48}}})
+    with pytest.raises(ValueError, match="holds model mvitv2_tiny"):
+        check_resumable(tmp_path, other, config)

@@ -423,7 +423,8 @@ class KineticsDataset(torch.utils.data.Dataset):
 
     def _load(self, index: int, rng: np.random.Generator) -> torch.Tensor:
         record = self.records[index]
-        with VideoReader(record.path, backend=self.backend, short_side=self.decode_short_side) as reader:
+        with VideoReader(record.path, backend=self.backend, short_side=self.decode_short_side,
+                         geometry=self.transform.geometry) as reader:
             indices = self._frame_indices(reader, rng)
             frames = reader.get_frames(indices.reshape(-1))
         if self.mode == "train":

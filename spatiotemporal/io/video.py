@@ -444,17 +444,22 @@ def resize(x: torch.Tensor, size: int | tuple[int, int], antialias: bool = False
         return x
     # All leading dims become channels of one image, so a whole clip is resized in one call.
     flat = x.reshape(1, -1, h, w)
-    flat = flat.float().div_(255.0) if x.dtype == torch.uint8 else flat
     planes = flat.shape[1]
     # torch's CPU kernel picks its code path by shape: for small outputs (h + w <= 128), and for
-    # exactly 3 planes on one thread, a separable kernel that runs across planes in SIMD-wide
-    # groups, whose last bits differ for planes in a partial group. Padding the planes to a
-    # multiple of 16 (AVX-512 holds 16 floats) puts every plane on one path in a full group, so
-    # a pixel never depends on how the caller grouped its frames (the reader: a few frames at a
-    # time; the transforms: one clip at a time).
-    padding = -planes % _PLANE_GROUP
-    if padding:
-        flat = torch.cat([flat, flat.new_zeros((1, padding, h, w))], dim=1)
+    # fewer planes than a SIMD group (exactly 3 on one thread), a separable kernel that runs across
+    # planes in SIMD-wide groups, whose last bits differ for planes in a partial group. There the
+    # planes are padded to a multiple of 16 (AVX-512 holds 16 floats), so a pixel never depends on
+    # how the caller grouped its frames (the reader: a few frames at a time; the transforms: one
+    # clip at a time). Elsewhere each plane is resized on its own, and padding would only cost.
+    padding = -planes % _PLANE_GROUP if planes < _PLANE_GROUP or out_h + out_w <= 128 else 0
+    if x.dtype == torch.uint8 or padding:
+        # One float copy, padded in place: the uint8 -> float conversion needs a copy anyway.
+        padded = torch.zeros((1, planes + padding, h, w), dtype=torch.float32 if x.dtype == torch.uint8 else x.dtype,
+                             device=x.device)
+        padded[:, :planes] = flat
+        if x.dtype == torch.uint8:
+            padded[:, :planes].div_(255.0)
+        flat = padded
     out = F.interpolate(flat, size=(out_h, out_w), mode="bilinear", align_corners=False, antialias=antialias)
     out = out[:, :planes].reshape(*lead, out_h, out_w)
     if x.dtype == torch.uint8:
@@ -462,13 +467,14 @@ def resize(x: torch.Tensor, size: int | tuple[int, int], antialias: bool = False
     return out
 
 
-def resize_short_side(frames: torch.Tensor, short_side: int) -> torch.Tensor:
-    """Resize uint8 (T, H, W, C) frames so the short side is `short_side`, by `resize`.
+def resize_short_side(frames: torch.Tensor, short_side: int, geometry: Geometry = "slowfast") -> torch.Tensor:
+    """Resize uint8 (T, H, W, C) frames so the short side is `short_side`, by `resize`, with the
+    long side rounded as `geometry` rounds it.
 
     A few frames at a time, so the float copies stay small whatever the batch.
     """
     height, width = frames.shape[1:3]
-    size = short_side_size(height, width, short_side)
+    size = short_side_size(height, width, short_side, geometry)
     if size == (height, width):
         return frames
     out = torch.empty((frames.shape[0], *size, frames.shape[3]), dtype=frames.dtype, device=frames.device)
@@ -889,8 +895,8 @@ class VideoReader:
     """Random access to the frames of one video file.
 
     backend: "auto" (decord, falling back to PyAV when decord fails or hangs on the file),
-    "decord", "pyav" or "torchcodec". `short_side` resizes frames after decode. `timeout_s`
-    bounds every decord call on the file.
+    "decord", "pyav" or "torchcodec". `short_side` resizes frames after decode, sized by
+    `geometry` as the test views they feed will be. `timeout_s` bounds every decord call on the file.
     """
 
     def __init__(
@@ -899,6 +905,7 @@ class VideoReader:
         backend: str = "auto",
         short_side: int | None = None,
         timeout_s: float = 30.0,
+        geometry: Geometry = "slowfast",
     ):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -907,6 +914,7 @@ class VideoReader:
         self.path = os.fspath(path)
         self.requested_backend = backend
         self.short_side = short_side
+        self.geometry = geometry
         self.timeout_s = timeout_s
         self.metadata, self._index = _probe(self.path)
         self._seekable = _remember(_SEEKABILITY, _file_key(self.path), lambda: _seekability(self.path, self._index))
@@ -980,7 +988,7 @@ class VideoReader:
         if not self._backend.rotates:
             frames = rotate_frames(frames, self.metadata.rotation)
         if self.short_side is not None:
-            frames = resize_short_side(frames, self.short_side)
+            frames = resize_short_side(frames, self.short_side, self.geometry)
         if len(unique) != len(wanted) or not np.array_equal(unique, wanted):
             frames = frames[torch.from_numpy(inverse)]
         return frames

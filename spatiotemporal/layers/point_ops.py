@@ -29,7 +29,8 @@ from spatiotemporal.layers.serialization import z_order_encode
 KNN_BLOCK_ELEMENTS = 1 << 24
 
 
-# Held for the whole of every block that changes torch's thread count. The count is both a
+# Held for the whole of every block that changes torch's thread count for a while and restores it
+# (`single_thread`; a worker setting its count once at start-up needs no lock). The count is both a
 # process-wide default (new threads start from it; MKL reads it) and, under OpenMP, a per-thread
 # setting, so two overlapping save/restore pairs in different threads cannot both restore
 # correctly: whichever leaves last writes back the value the other had set, and the process stays

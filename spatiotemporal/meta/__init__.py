@@ -27,3 +27,17 @@ def kinetics_class_names(num_classes: int = 400) -> tuple[str, ...]:
 def scannet_split(split: str) -> tuple[str, ...]:
     """Official ScanNet v2 scene ids for 'train', 'val' or 'test'."""
     return tuple(read_lines(f"scannetv2_{split}.txt"))
+
+
+def head_class_names(num_classes: int, recorded=None, label_sets=()) -> list[str]:
+    """One name per output of a classifier head: the names a checkpoint records (which must fit
+    the head: ValueError otherwise), else the first known label set of that size, else class_<i>.
+    Inference and training name heads by this one rule, so a checkpoint and its reports agree."""
+    if recorded is not None:
+        if len(recorded) != num_classes:
+            raise ValueError(f"{len(recorded)} class names for a model with {num_classes} classes")
+        return [str(name) for name in recorded]
+    for names in label_sets:
+        if len(names) == num_classes:
+            return list(names)
+    return [f"class_{i}" for i in range(num_classes)]

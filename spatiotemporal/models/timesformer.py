@@ -158,10 +158,10 @@ def _build(**kwargs) -> TimeSformer:
 # the paper tests with 1 temporal clip x 3 spatial crops of the short side.
 _PREPROCESS = Preprocess(mean=(0.45, 0.45, 0.45), std=(0.225, 0.225, 0.225), layout="BCTHW")
 _PAPER = "TimeSformer paper (Bertasius et al. 2021), Table 1/7"
-_TINY_SUFFIXES = ("_tiny", "_tiny_joint", "_tiny_space_only")
 
 
-def _spec(name: str, frames: int, stride: int, size: int, description: str, **kwargs) -> ModelSpec:
+def _spec(name: str, frames: int, stride: int, size: int, description: str, target_fps: float | None = 30.0,
+          **kwargs) -> ModelSpec:
     published = kwargs.pop("published_params_m", None)
     return register_model(
         ModelSpec(
@@ -175,9 +175,9 @@ def _spec(name: str, frames: int, stride: int, size: int, description: str, **kw
             preprocess=_PREPROCESS,
             # The official test (SlowFast's loader, no offset) sums the head's raw logits over 3 crops
             # taken at short side = crop size, on videos resampled to its TARGET_FPS of 30. The tiny
-            # models are trained here on frames as they are, so they are tested the same way.
+            # models are trained here on frames as they are (target_fps None), and tested so.
             protocol=TestProtocol(temporal_views=1, spatial_crops=3, aggregation="logits", short_side=size,
-                                  anchor="slowfast", target_fps=None if name.endswith(_TINY_SUFFIXES) else 30.0),
+                                  anchor="slowfast", target_fps=target_fps),
             published_params_m=published,
             params_source=_PAPER if published else "",
             description=description,
@@ -195,8 +195,8 @@ _spec("timesformer_base_space_only", 8, 32, 224, "TimeSformer ablation: space-on
       attention_type="space_only")
 
 _TINY = {"patch_size": 16, "embed_dim": 192, "depth": 4, "num_heads": 3}
-_spec("timesformer_tiny", 8, 4, 112, "tiny TimeSformer (divided) for CPU tests and demos", **_TINY)
-_spec("timesformer_tiny_joint", 8, 4, 112, "tiny TimeSformer, joint space-time attention",
+_spec("timesformer_tiny", 8, 4, 112, "tiny TimeSformer (divided) for CPU tests and demos", target_fps=None, **_TINY)
+_spec("timesformer_tiny_joint", 8, 4, 112, "tiny TimeSformer, joint space-time attention", target_fps=None,
       attention_type="joint_space_time", **_TINY)
 _spec("timesformer_tiny_space_only", 8, 4, 112, "tiny TimeSformer, space-only attention (no temporal)",
-      attention_type="space_only", **_TINY)
+      target_fps=None, attention_type="space_only", **_TINY)

@@ -215,13 +215,25 @@ def _describe_model(model: dict) -> str:
     return f"{model['name']}({', '.join(args)})"
 
 
+def _model_kwargs(model: dict) -> dict:
+    """A config's model kwargs under their current names (a run saved with MViTv2's old `img_size`
+    is the same model as one resumed with `image_size`)."""
+    from spatiotemporal.models.registry import canonical_kwargs, get_spec
+
+    kwargs = dict(model.get("kwargs") or {})
+    try:
+        return canonical_kwargs(get_spec(model["name"]), kwargs)
+    except (KeyError, ValueError):  # an unknown model is reported by the name comparison
+        return kwargs
+
+
 def check_resumable(directory: Path, stored: dict, config: dict) -> list[str]:
     """Whether a run with `config` can continue from the checkpoint `directory`, whose state.pt
     holds the config `stored`. Raises ValueError naming the first setting it cannot follow; returns
     one note per setting that changes and is followed (the schedule's)."""
     old_model, new_model = stored["model"], config["model"]
-    if (old_model["name"], old_model.get("num_classes"), dict(old_model.get("kwargs") or {})) != (
-        new_model["name"], new_model.get("num_classes"), dict(new_model.get("kwargs") or {})
+    if (old_model["name"], old_model.get("num_classes"), _model_kwargs(old_model)) != (
+        new_model["name"], new_model.get("num_classes"), _model_kwargs(new_model)
     ):
         raise ValueError(
             f"checkpoint {directory} holds model {_describe_model(old_model)}, "

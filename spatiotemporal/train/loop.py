@@ -295,7 +295,8 @@ def start_point(run_dir: Path, resume: bool, config: dict) -> Path | None:
         return directory
     if resume:
         if entries:
-            print(f"note: {run_dir} has no checkpoint yet; --resume starts the run from the beginning")
+            cleared = " (the metrics it logged are cleared)" if logged else ""
+            print(f"note: {run_dir} has no checkpoint yet; --resume starts the run from the beginning{cleared}")
         _clear_leftovers(run_dir)
         return None
     if checkpoints or logged:

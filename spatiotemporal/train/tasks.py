@@ -318,10 +318,9 @@ class PointsTask:
         """One name per output of the head: ScanNet's 20 for a 20-class head (the labels this task's
         data carry), else class_<i>, as inference names an unnamed head's classes."""
         from spatiotemporal.data.scannet import CLASS_NAMES
+        from spatiotemporal.meta import head_class_names
 
-        if self.num_classes == len(CLASS_NAMES):
-            return list(CLASS_NAMES)
-        return [f"class_{i}" for i in range(self.num_classes)]
+        return head_class_names(self.num_classes, label_sets=[CLASS_NAMES])
 
     def build_model(self):
         return create_model(self.config["model"]["name"], num_classes=self.num_classes, **self.config["model"]["kwargs"])
