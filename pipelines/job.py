@@ -295,7 +295,7 @@ def check_device(device: str, address: str | None) -> None:
 
     Where the job will start its own Ray, this machine's CUDA devices are what the job gets; a Ray
     already running in this process is asked for its GPUs. A cluster the job joins (`address`) can
-    only be asked once joined: `run_job(require_gpu=True)` does that before it records anything.
+    only be asked once joined: each job's plan does that (`usable_gpus`) before anything is recorded.
     """
     import ray
 
@@ -304,7 +304,7 @@ def check_device(device: str, address: str | None) -> None:
     if device != "cuda":
         return
     if ray.is_initialized():
-        _require_cluster_gpu(None)
+        usable_gpus("cuda", ray.cluster_resources())
     elif address is None:
         import torch
 
@@ -324,16 +324,6 @@ def usable_gpus(device: str, cluster: dict, address: str | None = None) -> float
         where = f"the Ray cluster at {address}" if address else "the Ray cluster"
         raise NoDeviceError(f"--device cuda: no CUDA device is available ({where} has no GPU)")
     return gpus
-
-
-def _require_cluster_gpu(address: str | None) -> None:
-    import ray
-
-    usable_gpus("cuda", ray.cluster_resources(), address)
-
-
-def check_stall_timeout(seconds: float) -> float:
-    return stall_seconds(seconds)
 
 
 class JobAborted(RuntimeError):
@@ -370,7 +360,6 @@ def run_job(
     progress: bool = True,
     on_row: Callable[[dict[str, Any]], None] | None = None,
     stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
-    require_gpu: bool = False,
 ) -> JobSummary:
     """Run `plan` over `items`, skipping what OUTDIR already holds, and write results/failures.
 
@@ -383,13 +372,12 @@ def run_job(
     as submission files). If the plan makes no progress for `stall_timeout_s` (a cluster that lost
     the resources the plan needs), the job stops and records what is left as failures rather than
     hang. If the plan raises, what is left is recorded as failures, summary.json is written, and
-    JobAborted (one line) is raised. `require_gpu`: a cluster without a GPU raises NoDeviceError
-    as soon as Ray is up, before any input is recorded (the jobs check what they can earlier,
-    with `check_device`).
+    JobAborted (one line) is raised. A plan that raises NoDeviceError (`usable_gpus`: a cluster
+    without the GPU it was asked for) records nothing: its inputs stay pending.
     """
     from tqdm import tqdm
 
-    stall_timeout_s = check_stall_timeout(stall_timeout_s)
+    stall_timeout_s = stall_seconds(stall_timeout_s)
     store = OutputStore(output_dir)
     store.root.mkdir(parents=True, exist_ok=True)
     plan_todo = _plan_todo(store, items, resume, retry_failed)
@@ -418,8 +406,6 @@ def run_job(
         if todo:
             try:
                 with ray_session(address, num_cpus):
-                    if require_gpu:
-                        _require_cluster_gpu(address)
                     timings["ray_start_s"] = time.perf_counter() - start
                     _quiet_ray_data()
                     dataset = plan(pending_dataset(todo, rows_per_block))

@@ -153,7 +153,7 @@ class Segmenter:
 
     def __call__(self, batch: dict[str, np.ndarray]):
         out: dict[str, list] = {k: [] for k in ("id", "path", "error", "num_points", "fragments", "labels",
-                                                "label_kind", "class_counts", "seconds", "node_id")}
+                                                "label_kind", "voxel_size", "class_counts", "seconds", "node_id")}
         for row_id, path in zip(batch["id"], batch["path"]):
             start = time.perf_counter()
             try:
@@ -169,6 +169,9 @@ class Segmenter:
             out["fragments"].append(fragments)
             out["labels"].append(labels)
             out["label_kind"].append(kind)
+            # Resolved by the segmenter (the grid the model was trained at unless given): recorded,
+            # since a warning about a differing size goes to the actor's log, not the user.
+            out["voxel_size"].append(self.segmenter.voxel_size)
             # JSON keeps the column one type whatever classes a scan contains.
             out["class_counts"].append(json.dumps(counts))
             out["seconds"].append(time.perf_counter() - start)
@@ -218,7 +221,7 @@ def run(
     def plan(dataset):
         import ray
 
-        gpus = usable_gpus(device, ray.cluster_resources())
+        gpus = usable_gpus(device, ray.cluster_resources(), address)
         resources = {"num_gpus": 1} if gpus >= 1 else {"num_cpus": 0.5}
         return dataset.map_batches(
             Segmenter,
@@ -250,5 +253,4 @@ def run(
         progress=progress,
         on_row=write_submission,
         stall_timeout_s=stall_timeout_s,
-        require_gpu=device == "cuda",
     )

@@ -145,7 +145,7 @@ class ResourcePlan:
 
 
 def resource_plan(workers: int, cluster: dict[str, float], device: str = "auto",
-                  decode_cpus: float = 0.5) -> ResourcePlan:
+                  decode_cpus: float = 0.5, address: str | None = None) -> ResourcePlan:
     """How `workers` inference workers use a cluster with `cluster` resources (`ray.cluster_resources()`).
 
     GPUs: one GPU per actor; decode tasks take the CPUs. CPU only: a worker is one core that
@@ -157,7 +157,7 @@ def resource_plan(workers: int, cluster: dict[str, float], device: str = "auto",
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    gpus = usable_gpus(device, cluster)
+    gpus = usable_gpus(device, cluster, address)
     if gpus >= 1:
         return ResourcePlan(decode_in_actor=False, actor={"num_gpus": 1}, threads=1, decode_cpus=decode_cpus)
     cpus = cluster.get("CPU", 1) or 1
@@ -210,7 +210,7 @@ def run(
     def plan(dataset):
         import ray
 
-        layout = resource_plan(workers, ray.cluster_resources(), device, decode_cpus)
+        layout = resource_plan(workers, ray.cluster_resources(), device, decode_cpus, address)
         predictor_kwargs = {
             "model": model,
             "checkpoint": checkpoint,
@@ -258,5 +258,4 @@ def run(
         num_cpus=num_cpus,
         progress=progress,
         stall_timeout_s=stall_timeout_s,
-        require_gpu=device == "cuda",
     )

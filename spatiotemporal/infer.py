@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from einops import rearrange
 
-from spatiotemporal.data.sampling import Anchor, uniform_clips
-from spatiotemporal.data.transforms import center_crop, short_side_scale, three_crop
+from spatiotemporal.data.sampling import Anchor
+from spatiotemporal.data.transforms import ClipTransform
 from spatiotemporal.io.errors import CheckpointError, InputError
-from spatiotemporal.io.video import Geometry
+from spatiotemporal.io.resize import Geometry
 from spatiotemporal.models.registry import ModelSpec, create_model, get_spec, point_feature_keys
 from spatiotemporal.precision import resolve_precision, store_autocast_weights
 
@@ -82,30 +82,26 @@ class ClipRecipe:
 def clip_views(path: str | os.PathLike, recipe: ClipRecipe, timeout_s: float = 30.0) -> np.ndarray:
     """Decode the frames the recipe needs and cut the views: uint8 (T*S, frames, H, W, C).
 
-    The views are resized and cropped by the very functions evaluation's `ClipTransform.test`
-    uses (bilinear without antialiasing, as SlowFast and mmaction2 resize), so a model sees the
-    same pixels from `infer` and the pipelines as from `eval kinetics`. uint8 keeps what crosses
-    process boundaries in a batch job four times smaller than float; `views_to_input` normalizes
-    on the consumer side.
+    The frames are placed by evaluation's `ClipSampling.test_indices` and cut by its
+    `ClipTransform.test_crops`, so a model sees the same pixels from `infer` and the pipelines as
+    from `eval kinetics`. uint8 keeps what crosses process boundaries in a batch job four times
+    smaller than float; `views_to_input` normalizes on the consumer side.
     """
+    from spatiotemporal.data.kinetics import ClipSampling
     from spatiotemporal.io.video import VideoReader
 
     temporal, spatial = recipe.views
-    crop = recipe.crop
-    short_side = recipe.short_side or crop
+    sampling = ClipSampling(num_frames=recipe.frames, stride=recipe.stride, num_clips=temporal, anchor=recipe.anchor,
+                            anchor_fps=recipe.target_fps)
+    transform = ClipTransform(crop_size=recipe.crop, test_short_side=recipe.short_side, num_crops=spatial,
+                              geometry=recipe.geometry)
     with VideoReader(path, timeout_s=timeout_s) as reader:
-        total = len(reader)
-        if total < 1:
+        if len(reader) < 1:
             raise InputError(path, "the video has no decodable frames")
-        fps = (reader.metadata.fps, recipe.target_fps) if recipe.target_fps is not None else None
-        indices = uniform_clips(total, recipe.frames, recipe.stride, temporal, anchor=recipe.anchor, fps=fps)
-        frames = reader.get_frames(indices.reshape(-1).tolist())
-    out = []
+        frames = torch.as_tensor(reader.get_frames(sampling.test_indices(reader).reshape(-1).tolist()))
     # One temporal view at a time: only one view's frames are ever resized at full resolution.
-    for clip in rearrange(frames, "(v t) h w c -> v c t h w", v=temporal):
-        clip = short_side_scale(clip, short_side, geometry=recipe.geometry)
-        out.extend([center_crop(clip, crop, recipe.geometry)] if spatial == 1 else three_crop(clip, crop, recipe.geometry))
-    return rearrange(torch.stack(out), "v c t h w -> v t h w c").contiguous().numpy()
+    views = torch.cat([transform.test_crops(clip) for clip in frames.split(recipe.frames)])
+    return rearrange(views, "v c t h w -> v t h w c").contiguous().numpy()
 
 
 def views_to_input(views: np.ndarray | torch.Tensor, spec: ModelSpec) -> torch.Tensor:

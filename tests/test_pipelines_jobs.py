@@ -242,6 +242,7 @@ def test_point_inference_writes_submission_files_and_parquet(ray_cluster, scans,
     assert submitted.shape == (n,) and row["num_points"] == n
     np.testing.assert_array_equal(submitted, row["labels"])
     assert row["label_kind"] == "nyu40" and set(np.unique(submitted)) <= set(NYU40_IDS)
+    assert row["voxel_size"] == 0.02  # point_transformer_tiny records no grid: Pointcept's ScanNet 2 cm
     again = point_inference.run(scans, tmp_path, model="point_transformer_tiny", progress=False)
     assert (again.ok, again.failed, again.skipped) == (0, 0, 2)
 

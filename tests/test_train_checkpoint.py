@@ -192,7 +192,7 @@ def test_a_point_checkpoint_records_the_voxel_size_it_was_trained_at(tmp_path):
     optimizer = build_optimizer(model, config["optim"])
     schedule = CosineWarmupSchedule(optimizer, 8, 2, 1e-3, 1e-6)
     ckpt.save(tmp_path, [ckpt.rng_state()], ckpt.Position(), model, optimizer, schedule, None, config,
-              class_names=PointsTask(config).class_names)  # fmt: skip
+              class_names=PointsTask(config).class_names, model_meta=PointsTask(config).model_meta())  # fmt: skip
     meta = read_checkpoint_meta(tmp_path / ckpt.MODEL_FILE)
     assert meta["grid_size"] == 0.05 and len(meta["class_names"]) == 20
 

@@ -15,6 +15,7 @@ from spatiotemporal.models import create_model, get_spec
 from spatiotemporal.train import checkpoint as ckpt
 from spatiotemporal.train.config import load_config
 from spatiotemporal.train.optim import CosineWarmupSchedule, build_optimizer
+from spatiotemporal.train.tasks import VideoTask
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 VIDEO_CONFIGS = sorted(
@@ -93,7 +94,7 @@ def test_a_training_checkpoint_records_the_clips_it_was_trained_on_and_inference
     optimizer = build_optimizer(model, config["optim"])
     schedule = CosineWarmupSchedule(optimizer, 10, 1, config["optim"]["lr"], config["schedule"]["min_lr"])
     ckpt.save(tmp_path, [ckpt.rng_state()], ckpt.Position(), model, optimizer, schedule, None, config,
-              class_names=["up", "down", "left", "right"])
+              class_names=["up", "down", "left", "right"], model_meta=VideoTask(config).model_meta())
     saved = torch.load(tmp_path / ckpt.MODEL_FILE, weights_only=False)
     assert saved["clip"] == {"num_frames": 8, "frame_stride": 2, "crop_size": 32, "short_side": 32}
     classifier = VideoClassifier("swin3d_tiny", checkpoint=str(tmp_path / ckpt.MODEL_FILE), device="cpu",

@@ -19,7 +19,8 @@ from einops import rearrange
 
 import video_fixtures as vf
 from spatiotemporal.io.errors import VideoDecodeError
-from spatiotemporal.io.video import VideoReader, probe_video, read_video, resize, resize_short_side
+from spatiotemporal.io.resize import resize, resize_short_side
+from spatiotemporal.io.video import VideoReader, probe_video, read_video
 
 BACKENDS = ("decord", "pyav", "torchcodec")
 

@@ -67,10 +67,22 @@ def _read_object(path: str | os.PathLike):
 
             obj = load_file(path)
         else:
-            obj = torch.load(path, map_location="cpu", weights_only=False)
+            obj = load_torch_file(path)
     except Exception as err:  # noqa: BLE001 - any reader failure is an unreadable checkpoint
         raise CheckpointError(path, f"cannot read checkpoint: {err}") from err
     return obj
+
+
+def load_torch_file(path: str | os.PathLike):
+    """`torch.load` of a whole file onto the CPU, memory-mapped when torch wrote it in its zip format:
+    the weights stay on disk until touched, so reading a checkpoint for its metadata (a job's driver,
+    a resume check) costs little. Older pickles load whole. Errors are torch's own."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except RuntimeError as err:
+        if "mmap can only be used" not in str(err):
+            raise
+    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def read_checkpoint_meta(path: str | os.PathLike) -> dict:
@@ -118,11 +130,17 @@ def detect_layout(state_dict: Mapping[str, torch.Tensor], arch: str):
     return None
 
 
-def convert_state_dict(state_dict: Mapping[str, torch.Tensor], arch: str, path: str = "<memory>"):
+def known_layout(state_dict: Mapping[str, torch.Tensor], arch: str, path: str = "<memory>"):
+    """`detect_layout`, or a CheckpointError listing the first keys when no layout matches."""
     layout = detect_layout(state_dict, arch)
     if layout is None:
         sample = ", ".join(list(state_dict)[:8])
         raise CheckpointError(path, f"unknown checkpoint layout for a {arch} model (keys: {sample}, ...)")
+    return layout
+
+
+def convert_state_dict(state_dict: Mapping[str, torch.Tensor], arch: str, path: str = "<memory>"):
+    layout = known_layout(state_dict, arch, path)
     return layout.NAME, layout.to_ours(dict(state_dict), arch)
 
 
@@ -165,16 +183,13 @@ def checkpoint_source(checkpoint: Checkpoint, layout, arch: str) -> dict:
     (HF: the config.json saved beside the weights). Empty when nothing says."""
     meta = read_checkpoint_meta(checkpoint)
     if meta.get("model_name"):
-        from spatiotemporal.models.registry import canonical_kwargs, get_spec
+        from spatiotemporal.models.registry import get_spec, recorded_kwargs
 
         try:
             spec = get_spec(meta["model_name"])
         except KeyError:
             return dict(meta.get("model_kwargs") or {})
-        return {
-            **canonical_kwargs(spec, spec.kwargs),
-            **canonical_kwargs(spec, meta.get("model_kwargs") or {}, "the checkpoint's model_kwargs"),
-        }
+        return recorded_kwargs(spec, meta)
     describe = getattr(layout, "source_kwargs", None)
     return dict(describe(checkpoint.path, arch) or {}) if describe is not None else {}
 
@@ -217,8 +232,8 @@ def load_pretrained(model: torch.nn.Module, path, strict: bool = True) -> LoadRe
     checkpoint = read_checkpoint(path)
     path = checkpoint.path
     state_dict = read_state_dict(checkpoint)
-    layout = detect_layout(state_dict, arch)
-    layout_name, ours = convert_state_dict(state_dict, arch, path)
+    layout = known_layout(state_dict, arch, path)
+    layout_name, ours = layout.NAME, layout.to_ours(dict(state_dict), arch)
     ours, reasons = _adapted(model, ours, checkpoint_source(checkpoint, layout, arch), path, strict)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(ours))

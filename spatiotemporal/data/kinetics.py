@@ -272,6 +272,16 @@ class ClipSampling:
     anchor: sampling.Anchor = "mmaction2"
     anchor_fps: float | None = None
 
+    def test_indices(self, reader: VideoReader) -> np.ndarray:
+        """The test views' frame indices in `reader`'s video: (num_clips, num_frames). Evaluation
+        and inference both cut their views here."""
+        if self.target_fps is not None:
+            stamps = reader.frame_timestamps()
+            return sampling.uniform_clips_at_fps(stamps, self.num_frames, self.stride, self.target_fps, self.num_clips)
+        fps = (reader.metadata.fps, self.anchor_fps) if self.anchor_fps is not None else None
+        return sampling.uniform_clips(len(reader), self.num_frames, self.stride, self.num_clips, anchor=self.anchor,
+                                      fps=fps)
+
 
 class KineticsDataset(torch.utils.data.Dataset):
     """Clips from Kinetics-format data.
@@ -286,7 +296,7 @@ class KineticsDataset(torch.utils.data.Dataset):
     its error set, for the evaluator to count.
 
     `decode_short_side` has the reader resize frames as they are decoded, so frames held in a
-    cache are small. The reader resizes with the transforms' own function (`io.video.resize`),
+    cache are small. The reader resizes with the transforms' own function (`io.resize.resize`),
     so in testing, where it must equal the test short side, the views are the very pixels the
     full-size path makes. Any other size would resize twice (to it, then to the test size), and
     two bilinear passes with a rounding to uint8 between them are not one; testing refuses it.
@@ -411,15 +421,11 @@ class KineticsDataset(torch.utils.data.Dataset):
 
     def _frame_indices(self, reader: VideoReader, rng: np.random.Generator) -> np.ndarray:
         c = self.clip
+        if self.mode == "test":
+            return c.test_indices(reader)
         if c.target_fps is not None:
-            stamps = reader.frame_timestamps()
-            if self.mode == "train":
-                return sampling.random_clip_at_fps(stamps, c.num_frames, c.stride, c.target_fps, rng=rng)
-            return sampling.uniform_clips_at_fps(stamps, c.num_frames, c.stride, c.target_fps, c.num_clips)
-        if self.mode == "train":
-            return sampling.random_clip(len(reader), c.num_frames, c.stride, rng=rng)
-        fps = (reader.metadata.fps, c.anchor_fps) if c.anchor_fps is not None else None
-        return sampling.uniform_clips(len(reader), c.num_frames, c.stride, c.num_clips, anchor=c.anchor, fps=fps)
+            return sampling.random_clip_at_fps(reader.frame_timestamps(), c.num_frames, c.stride, c.target_fps, rng=rng)
+        return sampling.random_clip(len(reader), c.num_frames, c.stride, rng=rng)
 
     def _load(self, index: int, rng: np.random.Generator) -> torch.Tensor:
         record = self.records[index]

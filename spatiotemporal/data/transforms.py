@@ -13,7 +13,7 @@ Geometry follows SlowFast/pytorchvideo by default: bilinear resizing without ant
 (`align_corners=False`), short sides scaled with the long side floored, centre offsets rounded up.
 Test views can instead be sized and placed as mmaction2 does (`geometry="mmaction2"`: long side
 rounded, offsets rounded down), for the models that were tested with it.
-The resize itself is `io.video.resize`, the one the reader uses when it resizes at decode.
+The resize itself is `io.resize.resize`, the one the reader uses when it resizes at decode.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from einops import rearrange
 
-from spatiotemporal.io.video import Geometry, resize, short_side_size
+from spatiotemporal.io.resize import Geometry, resize, short_side_size
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -432,11 +432,14 @@ class ClipTransform:
 
     def test(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 (T, H, W, C) -> float (num_crops, C, T, crop, crop)."""
+        return normalize(self.test_crops(frames), self.mean, self.std)
+
+    def test_crops(self, frames: torch.Tensor) -> torch.Tensor:
+        """The test views before normalisation: uint8 (T, H, W, C) -> uint8 (num_crops, C, T, crop, crop),
+        what inference ships between processes (a quarter of float's bytes)."""
         clip = short_side_scale(frames_to_clip(frames), self.test_short_side or self.crop_size, geometry=self.geometry)
         if self.num_crops == 1:
-            views = center_crop(clip, self.crop_size, self.geometry).unsqueeze(0)
-        elif self.num_crops == 3:
-            views = three_crop(clip, self.crop_size, self.geometry)
-        else:
-            raise ValueError(f"num_crops must be 1 or 3, got {self.num_crops}")
-        return normalize(views, self.mean, self.std)
+            return center_crop(clip, self.crop_size, self.geometry).unsqueeze(0)
+        if self.num_crops == 3:
+            return three_crop(clip, self.crop_size, self.geometry)
+        raise ValueError(f"num_crops must be 1 or 3, got {self.num_crops}")

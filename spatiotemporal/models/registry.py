@@ -177,6 +177,16 @@ def built_spec(spec: ModelSpec, kwargs: dict[str, Any], clip: dict[str, Any] | N
     )
 
 
+def recorded_kwargs(spec: ModelSpec, meta: dict, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The constructor arguments a model of `spec` is built with: the spec's own, then the
+    `model_kwargs` a checkpoint of ours records (`meta`), then explicit overrides, under current names."""
+    return {
+        **canonical_kwargs(spec, spec.kwargs, "the spec"),
+        **canonical_kwargs(spec, meta.get("model_kwargs") or {}, "the checkpoint's model_kwargs"),
+        **canonical_kwargs(spec, overrides or {}, "the arguments"),
+    }
+
+
 def _plan(name: str, num_classes: int | None, pretrained: Any, overrides: dict[str, Any]):
     """(checkpoint read once or None, builder kwargs, spec as built) for `create_model`'s arguments."""
     spec = get_spec(name)
@@ -187,11 +197,7 @@ def _plan(name: str, num_classes: int | None, pretrained: Any, overrides: dict[s
         pretrained = read_checkpoint(pretrained)  # read once, for the metadata and the weights
         meta = read_checkpoint_meta(pretrained)
     overrides = canonical_kwargs(spec, overrides, "the arguments")
-    kwargs = {
-        **canonical_kwargs(spec, spec.kwargs, "the spec"),
-        **canonical_kwargs(spec, meta.get("model_kwargs", {}), "the checkpoint's model_kwargs"),
-        **overrides,
-    }
+    kwargs = recorded_kwargs(spec, meta, overrides)
     if num_classes is None:
         num_classes = meta.get("num_classes", spec.num_classes)
     kwargs["num_classes"] = num_classes

@@ -13,7 +13,6 @@ and classify the mean of the final tokens. The MLPs use the tanh GELU of the ref
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -31,7 +30,7 @@ from spatiotemporal.layers.space_time_attention import (
 )
 from spatiotemporal.models.registry import ModelSpec, Preprocess, TestProtocol, register_model
 from spatiotemporal.tokens.patch_embed import INFLATION_MODES, InflationMode, TubeletEmbed, inflate_patch_weight
-from spatiotemporal.tokens.pos_embed import LearnedPosEmbed, PositionTableError, adapt_pos_embeds
+from spatiotemporal.tokens.pos_embed import LearnedPosEmbed, PositionTableError, adapt_pos_embeds, grid_candidates
 
 Variant = Literal["joint", "factorised_encoder", "factorised_self_attention", "factorised_dot_product"]
 VARIANTS = ("joint", "factorised_encoder", "factorised_self_attention", "factorised_dot_product")
@@ -211,11 +210,11 @@ class ViViT(nn.Module):
         # read off its table, as such a checkpoint carries no geometry of ours.
         prefix = 1
         if space is None:
-            side = math.isqrt(table.shape[1] - prefix)
-            if side * side != table.shape[1] - prefix:
+            square = grid_candidates(table.shape[1] - prefix, (1, 1))
+            if not square:
                 raise PositionTableError("pos_embed.weight", f"a spatial table of {table.shape[1]} tokens is not a "
                                                              "class token and a square grid")
-            space = (side, side)
+            space = square[0]
         grids["pos_embed.weight"] = (space if self.variant == "factorised_encoder" else (1, *space), prefix)
         return grids
 

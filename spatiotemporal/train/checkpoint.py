@@ -49,10 +49,12 @@ def set_rng_state(state: dict) -> None:
 
 def save(
     directory: Path, rng_states: list[dict], position: Position, model, optimizer, schedule, ema, config: dict,
-    class_names: list[str] | None = None, windows: list[list[float]] | None = None,
+    class_names: list[str] | None = None, windows: list[list[float]] | None = None, model_meta: dict | None = None,
 ) -> None:
     """`windows`: each rank's running sums for the next log row (loss sum, correct, count), so the
-    first row after a resume averages the same steps as an uninterrupted run's."""
+    first row after a resume averages the same steps as an uninterrupted run's. `model_meta`: what the
+    task records for inference beside the weights (its `model_meta()`: a video run's clip geometry, a
+    point run's voxel size)."""
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(
         {
@@ -76,29 +78,10 @@ def save(
             "model_name": config["model"]["name"],
             "model_kwargs": dict(config["model"].get("kwargs") or {}),
             "class_names": list(class_names) if class_names is not None else None,
-            "clip": clip_geometry(config),
-            # The voxel size the points were sampled at, which inference must sample at too.
-            "grid_size": config["data"]["grid_size"] if config.get("task") == "points" else None,
+            **(model_meta or {}),
         },
         directory / MODEL_FILE,
     )
-
-
-def clip_geometry(config: dict) -> dict | None:
-    """The clips a video run trains and tests on: num_frames, frame_stride, crop_size and the test
-    short_side, resolved as the video task resolves them (config, else the model's spec). None for
-    other tasks."""
-    if config.get("task", "video") != "video":
-        return None
-    from spatiotemporal.train.tasks import VideoTask
-
-    task = VideoTask(config)
-    return {
-        "num_frames": task.num_frames,
-        "frame_stride": task.frame_stride,
-        "crop_size": task.crop_size,
-        "short_side": task.test_short_side,
-    }
 
 
 def load(directory: Path, rank: int, model, optimizer, schedule, ema) -> tuple[Position, list[float] | None]:
@@ -137,29 +120,34 @@ def _step_or_none(directory: Path) -> int | None:
         return None
 
 
+def _checkpoints_newest_first(run_dir: Path) -> list[tuple[Path, int | None]]:
+    """A run's checkpoint directories with their steps, most steps first; those whose position.json
+    cannot be read (step None) last."""
+    steps = {p: _step_or_none(p) for p in Path(run_dir).glob("checkpoint_*") if p.is_dir()}
+    order = sorted(steps, key=lambda p: (-1 if steps[p] is None else steps[p], p.name), reverse=True)
+    return [(p, steps[p]) for p in order]
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The Ray Train checkpoint directory of a run with the most steps taken."""
-    steps = {p.parent: _step_or_none(p.parent) for p in run_dir.glob(f"checkpoint_*/{POSITION_FILE}")}
-    found = [directory for directory, step in steps.items() if step is not None]
-    return max(found, key=steps.__getitem__) if found else None
+    return next((p for p, step in _checkpoints_newest_first(run_dir) if step is not None), None)
 
 
 def read_state(directory: Path) -> dict:
     """A checkpoint's state.pt, memory-mapped (the weights stay on disk until touched), checked to be
     a training state. An unreadable one (a copy cut short by a crash) is a CheckpointError naming it."""
+    from spatiotemporal.convert import load_torch_file
     from spatiotemporal.io.errors import CheckpointError
 
     path = directory / STATE_FILE
     if not path.is_file():
         raise CheckpointError(path, "no such file")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        state = load_torch_file(path)
     except Exception as error:  # torch reports a damaged file as whatever its zip or pickle reader hit
         text = str(error).strip()
-        if "mmap can only be used" in text:
-            reason = "not a file torch.save wrote"
-        else:  # torch's first sentence says what broke; the rest is advice
-            reason = text.splitlines()[0].split(". ")[0][:160] if text else type(error).__name__
+        # torch's first sentence says what broke; the rest is advice
+        reason = text.splitlines()[0].split(". ")[0][:160] if text else type(error).__name__
         raise CheckpointError(path, f"cannot be read ({reason})") from None
     keys = ("position", "model", "optimizer", "schedule", "config", "rng")
     missing = [k for k in keys if not isinstance(state, dict) or k not in state]
@@ -173,9 +161,8 @@ def resume_point(run_dir: Path) -> tuple[Path, dict, list[str]] | None:
     for each newer checkpoint that could not be read and was passed over. None: no checkpoint."""
     from spatiotemporal.io.errors import CheckpointError
 
-    steps = {p: _step_or_none(p) for p in run_dir.glob("checkpoint_*") if p.is_dir()}
     # A checkpoint whose position.json cannot be read is tried last.
-    found = sorted(steps, key=lambda p: (-1 if steps[p] is None else steps[p], p.name), reverse=True)
+    found = [p for p, _ in _checkpoints_newest_first(run_dir)]
     unreadable = []
     for directory in found:
         try:

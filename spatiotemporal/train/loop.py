@@ -39,7 +39,7 @@ class SimulatedCrash(RuntimeError):
 def enable_activation_checkpointing(model: torch.nn.Module) -> int:
     """Recompute each transformer block in backward instead of storing its activations.
 
-    Uses the model's own switch (`set_grad_checkpointing`, or a `grad_checkpointing` attribute) when
+    Uses the model's own switch (`set_grad_checkpointing`, which every registered model has) when
     it has one; otherwise replaces every module of each `blocks` ModuleList by a checkpointing
     wrapper (torch's, as FSDP uses) that runs the block through `run_block`, as the models' own
     switches do. Wrapping modules, rather than patching their `forward` with closures over the
@@ -53,9 +53,6 @@ def enable_activation_checkpointing(model: torch.nn.Module) -> int:
 
     if hasattr(model, "set_grad_checkpointing"):
         model.set_grad_checkpointing(True)
-        return -1
-    if hasattr(model, "grad_checkpointing"):
-        model.grad_checkpointing = True
         return -1
     count = 0
     for name, module in list(model.named_modules()):
@@ -177,7 +174,7 @@ def train_loop_per_worker(config: dict) -> None:
         with tempfile.TemporaryDirectory() as directory:
             ckpt.save(
                 Path(directory), list(rng_states), position, model, optimizer, schedule, ema, config,
-                class_names=task.class_names, windows=list(windows),
+                class_names=task.class_names, windows=list(windows), model_meta=task.model_meta(),
             )
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
 

@@ -132,6 +132,11 @@ class VideoTask:
             self.train_set()
         return list(self._classes.names)
 
+    def model_meta(self) -> dict:
+        """What a checkpoint records for inference: the clips this run trains and tests on."""
+        return {"clip": {"num_frames": self.num_frames, "frame_stride": self.frame_stride,
+                         "crop_size": self.crop_size, "short_side": self.test_short_side}}
+
     def build_model(self):
         kwargs = dict(self.config["model"]["kwargs"])
         return create_model(self.config["model"]["name"], num_classes=self.num_classes, **kwargs)
@@ -321,6 +326,10 @@ class PointsTask:
         from spatiotemporal.meta import head_class_names
 
         return head_class_names(self.num_classes, label_sets=[CLASS_NAMES])
+
+    def model_meta(self) -> dict:
+        """What a checkpoint records for inference: the voxel size the points were sampled at."""
+        return {"grid_size": self.config["data"]["grid_size"]}
 
     def build_model(self):
         return create_model(self.config["model"]["name"], num_classes=self.num_classes, **self.config["model"]["kwargs"])
