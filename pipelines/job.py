@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sys
 import time
@@ -229,24 +230,47 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     if ray.is_initialized():
         yield
         return
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+    # WARNING: Ray's INFO lines ("Started a local Ray instance", Ray Data's execution plan) would
+    # interleave with the job's progress bar, which says what they say.
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
     with _quiet_task_retries():
         if address:
             ray.init(address=address, **kwargs)
         else:
-            ray.init(
-                # "local" starts a fresh instance; without it Ray would attach to whatever cluster
-                # another process on this machine started last.
-                address="local",
-                num_cpus=num_cpus or os.cpu_count(),
-                # A fixed store keeps a job on a shared box from claiming 30% of its memory.
-                object_store_memory=int(os.environ.get("SPATIOTEMPORAL_OBJECT_STORE_BYTES", 1 << 30)),
-                **kwargs,
-            )
+            with _without_auth_default_notice():
+                ray.init(
+                    # "local" starts a fresh instance; without it Ray would attach to whatever cluster
+                    # another process on this machine started last.
+                    address="local",
+                    num_cpus=num_cpus or os.cpu_count(),
+                    # A fixed store keeps a job on a shared box from claiming 30% of its memory.
+                    object_store_memory=int(os.environ.get("SPATIOTEMPORAL_OBJECT_STORE_BYTES", 1 << 30)),
+                    **kwargs,
+                )
     try:
         yield
     finally:
         ray.shutdown()
+
+
+_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+def _drop_auth_default_notice(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
+
+
+@contextlib.contextmanager
+def _without_auth_default_notice() -> Iterator[None]:
+    """A Ray the job starts for itself gets token authentication by default, and says so on every
+    start: a notice about the safe default, not something the user of a job has to act on. Ray's
+    warning that a cluster runs *without* authentication still shows."""
+    auth_logger = logging.getLogger(_AUTH_LOGGER)
+    auth_logger.addFilter(_drop_auth_default_notice)
+    try:
+        yield
+    finally:
+        auth_logger.removeFilter(_drop_auth_default_notice)
 
 
 # The core worker that owns a task (the driver, for every task and actor a job starts) publishes
@@ -288,6 +312,14 @@ def pending_dataset(items: list[InputItem], rows_per_block: int):
     rows = [{"id": item.id, "path": item.path} for item in items]
     blocks = max(1, -(-len(rows) // pending_block_rows(len(rows), rows_per_block)))
     return ray.data.from_items(rows, override_num_blocks=blocks)
+
+
+def actor_pool(dataset, workers: int):
+    """Ray Data's fixed pool of `workers` actors, or of one per block of `dataset` where it has
+    fewer: an actor no block reaches would only start a process and load a model for nothing."""
+    import ray
+
+    return ray.data.ActorPoolStrategy(size=max(1, min(workers, dataset.num_blocks())))
 
 
 def check_device(device: str, address: str | None) -> None:

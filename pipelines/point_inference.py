@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from pipelines.inputs import InputItem, list_inputs
-from pipelines.job import DEFAULT_STALL_TIMEOUT_S, JobSummary, check_device, check_model, failure_reason, run_job, usable_gpus
+from pipelines.job import (DEFAULT_STALL_TIMEOUT_S, JobSummary, actor_pool, check_device, check_model, failure_reason,
+                           run_job, usable_gpus)
 from spatiotemporal.data.scannet import is_prepared_scene
 from spatiotemporal.io.points import POINT_FILE_EXTENSIONS, SCANNET_MESH_SUFFIX, is_scannet_scene
 
@@ -223,6 +224,7 @@ def run(
 
         gpus = usable_gpus(device, ray.cluster_resources(), address)
         resources = {"num_gpus": 1} if gpus >= 1 else {"num_cpus": 0.5}
+        pool = actor_pool(dataset, workers)
         return dataset.map_batches(
             Segmenter,
             fn_constructor_kwargs={
@@ -231,11 +233,11 @@ def run(
                 "voxel_size": voxel_size,
                 "max_fragments": max_fragments,
                 "device": "cuda" if gpus >= 1 else "cpu",
-                "threads": 1 if workers > 1 else max(1, (os.cpu_count() or 1)),
+                "threads": 1 if pool.max_size > 1 else max(1, (os.cpu_count() or 1)),
             },
             batch_size=1,
             batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=workers),
+            compute=pool,
             **resources,
         )
 

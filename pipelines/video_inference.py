@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipelines.inputs import VIDEO_EXTENSIONS, list_inputs
-from pipelines.job import DEFAULT_STALL_TIMEOUT_S, JobSummary, check_device, check_model, failure_reason, run_job, usable_gpus
+from pipelines.job import (DEFAULT_STALL_TIMEOUT_S, JobSummary, actor_pool, check_device, check_model, failure_reason,
+                           run_job, usable_gpus)
 
 
 def decode_batch(batch: dict[str, np.ndarray], recipe, timeout_s: float) -> dict[str, np.ndarray]:
@@ -211,6 +212,7 @@ def run(
         import ray
 
         layout = resource_plan(workers, ray.cluster_resources(), device, decode_cpus, address)
+        pool = actor_pool(dataset, workers)  # counted on the inputs' blocks, before decoding
         predictor_kwargs = {
             "model": model,
             "checkpoint": checkpoint,
@@ -241,7 +243,7 @@ def run(
             batch_size=batch_size,
             batch_format="numpy",
             # Ray Data restarts a killed actor and retries its batch by default.
-            compute=ray.data.ActorPoolStrategy(size=workers),
+            compute=pool,
             **layout.actor,
         )
 
