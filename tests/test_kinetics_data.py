@@ -154,6 +154,39 @@ def test_train_clips_depend_on_seed_epoch_and_index_only(synthetic):
     assert not torch.equal(first, dataset[0]["video"])
 
 
+def test_training_clips_are_drawn_as_the_anchor_code_base_draws_them(synthetic):
+    from spatiotemporal.io.video import VideoReader
+
+    clip = ClipSampling(num_frames=4, stride=3, anchor="slowfast", anchor_fps=30.0, train_as_anchor=True)
+    dataset = KineticsDataset.from_csv(synthetic / "train.csv", synthetic, transform=SMALL, clip=clip, seed=0)
+    with VideoReader(dataset.records[0].path) as reader:
+        assert reader.metadata.fps == 10.0
+        indices = dataset._frame_indices(reader, np.random.default_rng(0))
+    # SlowFast at TARGET_FPS 30: 4 frames every 3 at 30 fps last 0.4 s, 4 frames of this 10 fps video.
+    assert np.array_equal(np.diff(indices), [1, 1, 1])
+    plain = KineticsDataset.from_csv(synthetic / "train.csv", synthetic, transform=SMALL, seed=0,
+                                     clip=ClipSampling(num_frames=4, stride=3, anchor="slowfast", anchor_fps=30.0))
+    with VideoReader(plain.records[0].path) as reader:
+        indices = plain._frame_indices(reader, np.random.default_rng(0))
+    assert np.array_equal(np.diff(indices), [3, 3, 3])  # the default: mmaction2's draw, whatever the anchor
+
+
+@pytest.mark.parametrize("clip", [
+    ClipSampling(num_frames=4, stride=3, anchor="slowfast", anchor_fps=30.0, train_as_anchor=True),
+    ClipSampling(num_frames=4, stride=3, anchor="dmvr", train_as_anchor=True),
+    ClipSampling(num_frames=4, stride=1, target_fps=5.0),
+], ids=["slowfast-30fps", "dmvr", "by-time"])
+def test_cached_training_clips_are_the_decoded_ones(synthetic, clip):
+    from spatiotemporal.train.tasks import CachedClips
+
+    dataset = KineticsDataset.from_csv(synthetic / "train.csv", synthetic, transform=SMALL, clip=clip, seed=4)
+    cached = CachedClips(dataset)
+    for epoch in (0, 1):
+        dataset.set_epoch(epoch)
+        for index in range(len(dataset)):
+            assert torch.equal(cached[index]["video"], dataset[index]["video"]), (epoch, index)
+
+
 def test_test_sample_holds_every_temporal_and_spatial_view(synthetic):
     clip = ClipSampling(num_frames=4, stride=2, num_clips=3)
     dataset = KineticsDataset.from_csv(synthetic / "validate.csv", synthetic, mode="test", transform=SMALL, clip=clip)

@@ -36,6 +36,45 @@ def test_short_video_can_loop_instead():
     assert clip.tolist() == [0, 2, 4, 6, 8, 0, 2, 4]
 
 
+def test_slowfast_training_clip_is_a_linspace_from_a_float_start():
+    # SlowFast's training draw: start = uniform(0, 300 - 64), frames linspace(start, start + 63, 8)
+    # truncated -- 9 frames apart, not 8, as its test views are.
+    start = np.random.default_rng(5).uniform(0.0, 300 - 64)
+    clip = S.random_clip(300, 8, 8, rng=np.random.default_rng(5), anchor="slowfast")
+    assert clip.tolist() == [int(start) + 9 * k for k in range(8)]
+
+
+def test_slowfast_training_clip_spans_target_fps_frames():
+    # A 25 fps video resampled to 30: 8 x 8 frames span 64 * 25 / 30 = 53.3 of its frames.
+    clip = S.random_clip(300, 8, 8, rng=np.random.default_rng(0), anchor="slowfast_offset", fps=(25.0, 30.0))
+    assert clip[-1] - clip[0] in (52, 53)
+    assert np.all(np.diff(clip) >= 7) and np.all(np.diff(clip) <= 8)
+
+
+def test_slowfast_training_clip_of_a_short_video_repeats_the_last_frame():
+    clip = S.random_clip(10, 4, 4, rng=np.random.default_rng(0), anchor="slowfast")
+    assert clip.tolist() == [0, 5, 9, 9]  # linspace(0, 15, 4) = 0, 5, 10, 15, clamped
+
+
+def test_dmvr_training_starts_leave_room_for_the_last_sampled_frame_only():
+    rng = np.random.default_rng(0)
+    starts = {int(S.random_clip(100, 8, 4, rng=rng, anchor="dmvr")[0]) for _ in range(3000)}
+    assert starts == set(range(0, 100 - 7 * 4))  # DMVR: uniform int in [0, 100 - (8 - 1) * 4)
+
+
+def test_dmvr_and_mmaction2_training_clips_of_a_short_video_loop():
+    for anchor in ("dmvr", "mmaction2", "mmaction2_0x"):
+        clip = S.random_clip(10, 8, 2, rng=np.random.default_rng(0), anchor=anchor)
+        assert clip.tolist() == [0, 2, 4, 6, 8, 0, 2, 4], anchor
+
+
+def test_only_slowfast_training_clips_resample_frame_rates():
+    with pytest.raises(ValueError, match="does not resample"):
+        S.random_clip(300, 8, 8, rng=np.random.default_rng(0), anchor="mmaction2", fps=(25.0, 30.0))
+    with pytest.raises(ValueError, match="unknown anchor"):
+        S.random_clip(300, 8, 8, rng=np.random.default_rng(0), anchor="tsn", pad="loop")
+
+
 def test_mmaction2_views_span_first_to_last_start():
     # mmaction2 1.x test mode counts a clip as (8 - 1) * 8 + 1 = 57 frames: max_offset = 300 - 57
     # = 243, offsets round(i * 243 / 2) = 0, 122 (121.5 to even), 243; the last view ends on frame 299.

@@ -95,6 +95,25 @@ def test_an_unregistered_model_and_a_model_of_the_other_task_are_refused(tmp_pat
         load_config(write(tmp_path, "model: {name: point_transformer_tiny}\n"))
 
 
+def test_training_clips_are_drawn_randomly_or_as_the_models_protocol(tmp_path):
+    with pytest.raises(ConfigError, match=r"run.yaml: data.train_sampling must be one of random, protocol, not 'tsn'"):
+        load_config(write(tmp_path, "model: {name: timesformer_tiny}\ndata: {train_sampling: tsn}\n"))
+
+
+def test_the_paper_configs_draw_training_clips_as_their_papers_code_does(tmp_path):
+    from pathlib import Path
+
+    from spatiotemporal.train.tasks import VideoTask
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    for name, anchor in (("timesformer_base_kinetics400", "slowfast"), ("mvitv2_s_kinetics400", "slowfast_offset"),
+                         ("vivit_b_fe_kinetics400", "dmvr"), ("swin3d_t_kinetics400", "mmaction2_0x")):
+        config = load_config(configs / f"{name}.yaml", [f"data.root={tmp_path}"])
+        (tmp_path / "train.txt").write_text("clip.mp4 0\n")
+        clip = VideoTask(config).dataset_at(tmp_path / "train.txt", "train").clip
+        assert (clip.train_as_anchor, clip.anchor) == (True, anchor), name
+
+
 def test_the_data_root_must_be_set_and_exist_and_hold_the_point_splits(tmp_path):
     config = load_config(data={"model": {"name": "point_transformer_tiny"}, "task": "points"})
     with pytest.raises(ConfigError, match=r"^c.yaml: data.root is not set"):

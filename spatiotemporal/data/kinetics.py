@@ -21,7 +21,7 @@ import csv
 import json
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -263,7 +263,8 @@ class DatasetReport:
 class ClipSampling:
     """Which frames make a clip, as data: T frames every `stride` (at `target_fps` when set);
     testing takes `num_clips` views placed as `anchor` places them, at `anchor_fps` for the
-    SlowFast anchors (their TARGET_FPS frame-rate resampling) when set."""
+    SlowFast anchors (their TARGET_FPS frame-rate resampling) when set. Training draws one clip at
+    a random start, as the anchor's code base draws it when `train_as_anchor` (else mmaction2's draw)."""
 
     num_frames: int = 8
     stride: int = 8
@@ -271,6 +272,20 @@ class ClipSampling:
     num_clips: int = 10
     anchor: sampling.Anchor = "mmaction2"
     anchor_fps: float | None = None
+    train_as_anchor: bool = False
+
+    def train_indices(self, rng: np.random.Generator, num_video_frames: int, video_fps: float,
+                      timestamps: Callable[[], np.ndarray]) -> np.ndarray:
+        """One training clip's frame indices in a video of `num_video_frames` at `video_fps`
+        (`timestamps` gives the frames' times, read only when sampling by time). The decoding
+        dataset and its cached copy both draw here, so caching changes no sample."""
+        if self.target_fps is not None:
+            return sampling.random_clip_at_fps(timestamps(), self.num_frames, self.stride, self.target_fps, rng=rng)
+        if not self.train_as_anchor:
+            return sampling.random_clip(num_video_frames, self.num_frames, self.stride, rng=rng)
+        fps = (video_fps, self.anchor_fps) if self.anchor_fps is not None else None
+        return sampling.random_clip(num_video_frames, self.num_frames, self.stride, rng=rng, anchor=self.anchor,
+                                    fps=fps)
 
     def test_indices(self, reader: VideoReader) -> np.ndarray:
         """The test views' frame indices in `reader`'s video: (num_clips, num_frames). Evaluation
@@ -423,9 +438,7 @@ class KineticsDataset(torch.utils.data.Dataset):
         c = self.clip
         if self.mode == "test":
             return c.test_indices(reader)
-        if c.target_fps is not None:
-            return sampling.random_clip_at_fps(reader.frame_timestamps(), c.num_frames, c.stride, c.target_fps, rng=rng)
-        return sampling.random_clip(len(reader), c.num_frames, c.stride, rng=rng)
+        return c.train_indices(rng, len(reader), reader.metadata.fps, reader.frame_timestamps)
 
     def _load(self, index: int, rng: np.random.Generator) -> torch.Tensor:
         record = self.records[index]

@@ -10,8 +10,13 @@ and each model's spec names the one its paper was evaluated with.
 Videos shorter than a clip are padded, and the two reference code bases pad differently:
   * "repeat_last" (SlowFast, pytorchvideo): indices past the end are clamped to the last frame.
   * "loop" (mmaction2's default `out_of_bound_opt`): indices wrap around to the start.
-`random_clip` and `segment_indices` default to "repeat_last"; `uniform_clips` defaults to the
-padding of the anchor whose view placement it reproduces.
+`segment_indices` defaults to "repeat_last"; `random_clip` and `uniform_clips` default to the
+padding of the anchor whose clip placement they reproduce ("repeat_last" without one).
+
+Each code base also draws its training clips its own way, and a model trained to its paper draws
+them as that code base does (`random_clip(..., anchor=...)`): mmaction2 an integer start, SlowFast
+a float start and the same linspace frames its test views use, DMVR (ViViT) an integer start with
+room for the last sampled frame only.
 
 With a target fps, sampling goes by timestamp: sample k of a clip is the frame shown at time
 `start + k * stride / target_fps`, so variable-frame-rate videos are sampled evenly in time.
@@ -74,16 +79,61 @@ def random_clip(
     stride: int = 1,
     *,
     rng: np.random.Generator,
-    pad: Padding = "repeat_last",
+    anchor: Anchor | None = None,
+    pad: Padding | None = None,
+    fps: tuple[float, float] | None = None,
 ) -> np.ndarray:
-    """One training clip at a uniformly random start (mmaction2 `SampleFrames`, one clip).
+    """One training clip at a uniformly random start, drawn as the anchor's code base draws it.
 
-    The start is drawn from [0, num_video_frames - num_frames * stride]; a video shorter than the
-    clip starts at 0 and is padded.
+    * no anchor, mmaction2, mmaction2_0x (`SampleFrames`, one clip): an integer start in
+      [0, num_video_frames - num_frames * stride]; a video shorter than the clip starts at 0.
+    * slowfast, slowfast_offset (`get_start_end_idx` with `clip_idx=-1`, then `temporal_sampling`):
+      a float start in [0, num_video_frames - span], frames `linspace(start, start + span - 1)`
+      truncated, as its test views are cut; `fps` scales the span as in `uniform_clips`.
+    * dmvr (`sample_sequence`, random): an integer start in [0, num_video_frames - (num_frames - 1)
+      * stride), room for the last sampled frame but not its trailing gap (at least [0, 1)).
+
+    `pad` defaults to the anchor's padding, "repeat_last" without an anchor.
     """
-    last_start = num_video_frames - clip_span(num_frames, stride)
+    if anchor is not None:
+        _known_anchor(anchor)
+    pad = pad or (_ANCHOR_PADDING[anchor] if anchor is not None else "repeat_last")
+    span = _resampled_span(clip_span(num_frames, stride), fps, anchor)
+    # A clip with one possible start draws nothing, so the augmentations after it keep their draws.
+    if anchor in _LINSPACE_FRAMES:
+        delta = num_video_frames - span
+        start = float(rng.uniform(0.0, delta)) if delta > 0 else 0.0
+        return _linspace_clip(start, span, num_frames, num_video_frames, pad)
+    if anchor == "dmvr":
+        starts = num_video_frames - (num_frames - 1) * stride
+        start = int(rng.integers(0, starts)) if starts > 1 else 0
+        return clip_at(start, num_frames, stride, num_video_frames, pad)
+    last_start = num_video_frames - span
     start = int(rng.integers(0, last_start + 1)) if last_start > 0 else 0
     return clip_at(start, num_frames, stride, num_video_frames, pad)
+
+
+def _known_anchor(anchor: str) -> None:
+    if anchor not in _ANCHOR_PADDING:
+        raise ValueError(f"unknown anchor {anchor!r}; expected one of {sorted(_ANCHOR_PADDING)}")
+
+
+def _resampled_span(span: float, fps: tuple[float, float] | None, anchor: Anchor | None) -> float:
+    """`span` in the video's own frames when SlowFast resamples it from `fps` = (video, target)."""
+    if fps is None:
+        return span
+    if anchor not in _LINSPACE_FRAMES:
+        raise ValueError(f"the {anchor!r} anchor does not resample frame rates; only SlowFast's do")
+    video_fps, target_fps = fps
+    if not target_fps > 0:
+        raise ValueError(f"target fps must be positive, got {target_fps}")
+    return span * video_fps / target_fps if video_fps > 0 else span  # NaN or 0: unknown, not scaled
+
+
+def _linspace_clip(start: float, span: float, num_frames: int, num_video_frames: int, pad: Padding) -> np.ndarray:
+    """SlowFast's `temporal_sampling`: torch.linspace in float32, then truncation."""
+    indices = torch.linspace(start, start + span - 1, num_frames).long().numpy()
+    return pad_indices(indices, num_video_frames, pad)
 
 
 def test_span(num_frames: int, stride: int, anchor: Anchor) -> int:
@@ -158,27 +208,16 @@ def uniform_clips(
     `fps` = (the video's frame rate, the rate the anchor resamples to) scales the span as SlowFast's
     `TARGET_FPS` does; only the SlowFast anchors resample, and a video of unknown rate is not scaled.
     """
-    if anchor not in _ANCHOR_PADDING:
-        raise ValueError(f"unknown anchor {anchor!r}; expected one of {sorted(_ANCHOR_PADDING)}")
+    _known_anchor(anchor)
     pad = pad or _ANCHOR_PADDING[anchor]
-    span = test_span(num_frames, stride, anchor)
-    if fps is not None:
-        if anchor not in _LINSPACE_FRAMES:
-            raise ValueError(f"the {anchor!r} anchor does not resample frame rates; only SlowFast's do")
-        video_fps, target_fps = fps
-        if not target_fps > 0:
-            raise ValueError(f"target fps must be positive, got {target_fps}")
-        if video_fps > 0:  # NaN or 0 (unknown): the frames are taken as they are
-            span = span * video_fps / target_fps
+    span = _resampled_span(test_span(num_frames, stride, anchor), fps, anchor)
     if anchor in _LINSPACE_FRAMES:
         if anchor == "slowfast":
             delta = max(num_video_frames - span, 0)
             starts = [delta * i / num_clips for i in range(num_clips)]
         else:
             starts = [float(s) for s in uniform_clip_starts(num_video_frames, span, num_clips, anchor)]
-        # torch.linspace in float32, then truncation, is exactly SlowFast's `temporal_sampling`.
-        views = [torch.linspace(s, s + span - 1, num_frames).long().numpy() for s in starts]
-        return np.stack([pad_indices(v, num_video_frames, pad) for v in views])
+        return np.stack([_linspace_clip(s, span, num_frames, num_video_frames, pad) for s in starts])
     starts = uniform_clip_starts(num_video_frames, span, num_clips, anchor)
     return np.stack([clip_at(int(s), num_frames, stride, num_video_frames, pad) for s in starts])
 

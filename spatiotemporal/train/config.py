@@ -31,6 +31,11 @@ DEFAULTS: dict[str, Any] = {
         "max_points": 20000,  # points: crop a training scene to at most this many voxels
         "augment": True,
         "hflip": True,  # off for data whose classes are directions of motion
+        # Training clips: "random" (an integer start, frames `stride` apart: mmaction2's draw) or
+        # "protocol" (drawn as the code base of the model's test protocol draws them: SlowFast's
+        # float start, linspace frames and TARGET_FPS for TimeSformer and MViTv2, DMVR's offsets
+        # for ViViT, mmaction2's looping for Video Swin), what the paper configs use.
+        "train_sampling": "random",
     },
     "optim": {
         "name": "adamw",  # or "sgd"
@@ -65,6 +70,7 @@ DEFAULTS: dict[str, Any] = {
     "eval": {"views": None, "aggregation": None, "short_side": None, "tta": False, "batch_size": 8},
     "ray": {"num_workers": 2, "use_gpu": False, "resources_per_worker": {"CPU": 1}, "address": None},
 }
+TRAIN_SAMPLING = ("random", "protocol")
 # Mappings that take whatever keys they are given (model constructor arguments, Ray resources,
 # name component -> lr multiplier); a file or override replaces them whole.
 FREE_FORM = frozenset({"model.kwargs", "ray.resources_per_worker", "optim.lr_scales"})
@@ -235,6 +241,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError(f"{source}: names no model (model.name)")
     if config["task"] not in ("video", "points"):
         raise ConfigError(f"{source}: task must be 'video' or 'points', not {config['task']!r}")
+    if config["data"]["train_sampling"] not in TRAIN_SAMPLING:
+        raise ConfigError(f"{source}: data.train_sampling must be one of {', '.join(TRAIN_SAMPLING)}, "
+                          f"not {config['data']['train_sampling']!r}")
     try:
         spec = get_spec(name)
     except KeyError as error:

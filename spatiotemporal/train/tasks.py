@@ -83,7 +83,8 @@ class VideoTask:
         kwargs = dict(
             mode=mode,
             clip=ClipSampling(num_frames=self.num_frames, stride=self.frame_stride, num_clips=self.temporal_views,
-                              anchor=self.spec.protocol.anchor, anchor_fps=self.spec.protocol.target_fps),
+                              anchor=self.spec.protocol.anchor, anchor_fps=self.spec.protocol.target_fps,
+                              train_as_anchor=data["train_sampling"] == "protocol"),
             transform=transform,
             seed=self.config["seed"],
         )
@@ -244,7 +245,8 @@ class CachedClips(torch.utils.data.Dataset):
 
     def __init__(self, dataset):
         self.dataset = dataset
-        self.frames: dict[int, torch.Tensor] = {}
+        # index -> (frames, the video's fps, frame times when clips are sampled by time)
+        self.videos: dict[int, tuple[torch.Tensor, float, np.ndarray | None]] = {}
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -252,22 +254,21 @@ class CachedClips(torch.utils.data.Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.dataset.set_epoch(epoch)
 
-    def _video(self, index: int) -> torch.Tensor:
+    def _video(self, index: int) -> tuple[torch.Tensor, float, np.ndarray | None]:
         from spatiotemporal.io.video import VideoReader
 
-        if index not in self.frames:
+        if index not in self.videos:
             d = self.dataset
             with VideoReader(d.records[index].path, backend=d.backend, short_side=d.decode_short_side) as reader:
-                self.frames[index] = reader.read_all()
-        return self.frames[index]
+                stamps = reader.frame_timestamps() if d.clip.target_fps is not None else None
+                self.videos[index] = (reader.read_all(), reader.metadata.fps, stamps)
+        return self.videos[index]
 
     def __getitem__(self, index: int) -> dict:
-        from spatiotemporal.data import sampling
-
         d = self.dataset
-        frames = self._video(index)
+        frames, fps, stamps = self._video(index)
         rng = d._rng(index)
-        indices = sampling.random_clip(len(frames), d.clip.num_frames, d.clip.stride, rng=rng)
+        indices = d.clip.train_indices(rng, len(frames), fps, lambda: stamps)
         return d._item(index, d.transform.train(frames[torch.from_numpy(indices)], rng), "")
 
 
