@@ -374,7 +374,12 @@ class _Todo:
     items: list[InputItem]  # to send through the plan
     unlisted: list[tuple[InputItem, str]]  # inputs that fail before the plan, with the reason
     skipped: int
-    replaced: int  # earlier rows removed because their inputs are redone (--no-resume, --retry-failed)
+    # Earlier rows of the inputs this run redoes (--no-resume, --retry-failed), per table: removed
+    # only once the run is under way, so a run refused at its start leaves OUTDIR as it was.
+    redo: dict[str, set[str]]
+
+    def remove_redone(self, store: OutputStore) -> int:
+        return sum(store.drop(table, ids) for table, ids in self.redo.items() if ids)
 
 
 def run_job(
@@ -397,15 +402,15 @@ def run_job(
 
     Resuming skips an input only when OUTDIR holds its id for the same path; the same id for
     another path raises OutputConflictError before anything runs. `resume=False` redoes every
-    listed input and first removes their earlier rows from results/ and failures/ (rows of inputs
-    not listed stay). `retry_failed` redoes the listed inputs that failed before.
+    listed input and removes their earlier rows from results/ and failures/ once the plan is built
+    (rows of inputs not listed stay). `retry_failed` redoes the listed inputs that failed before.
 
     `on_row` sees every successful row before it is buffered (jobs use it for side outputs such
     as submission files). If the plan makes no progress for `stall_timeout_s` (a cluster that lost
     the resources the plan needs), the job stops and records what is left as failures rather than
     hang. If the plan raises, what is left is recorded as failures, summary.json is written, and
     JobAborted (one line) is raised. A plan that raises NoDeviceError (`usable_gpus`: a cluster
-    without the GPU it was asked for) records nothing: its inputs stay pending.
+    without the GPU it was asked for) changes nothing in OUTDIR: its inputs stay as they were.
     """
     from tqdm import tqdm
 
@@ -414,33 +419,41 @@ def run_job(
     store.root.mkdir(parents=True, exist_ok=True)
     plan_todo = _plan_todo(store, items, resume, retry_failed)
     todo = plan_todo.items
-    if plan_todo.replaced:
-        print(f"{name}: removed {plan_todo.replaced} earlier rows of the inputs this run redoes",
-              file=sys.stderr, flush=True)
     expected = {item.id for item in todo}
     seen: set[str] = set()
     results = _ShardBuffer(store, "results", shard_rows)
     failures = _ShardBuffer(store, "failures", shard_rows)
-    ok = failed = 0
+    ok = failed = replaced = 0
     stalled = False
     aborted: str | None = None
+    started = False
     # Where the time went before the first result: starting Ray (when the job starts its own) and
     # then the plan's workers (processes, imports, models). `seconds` includes both.
     timings: dict[str, float] = {}
     start = time.perf_counter()
     bar = tqdm(total=len(todo) + len(plan_todo.unlisted), desc=name, unit="input", disable=not progress,
                file=sys.stderr, dynamic_ncols=True)
-    try:
+
+    def under_way() -> None:
+        """The run records from here on: earlier rows of what it redoes go, unlisted inputs fail."""
+        nonlocal started, replaced, failed
+        started = True
+        replaced = plan_todo.remove_redone(store)
+        if replaced:
+            bar.write(f"{name}: removed {replaced} earlier rows of the inputs this run redoes", file=sys.stderr)
         for item, reason in plan_todo.unlisted:
             failures.add({"id": item.id, "path": item.path, "error": reason})
             failed += 1
             bar.update(1)
+
+    try:
         if todo:
             try:
                 with ray_session(address, num_cpus):
                     timings["ray_start_s"] = time.perf_counter() - start
                     _quiet_ray_data()
                     dataset = plan(pending_dataset(todo, rows_per_block))
+                    under_way()
                     # Ray Data's own no-progress guard stops a stalled execution, its tasks and
                     # actors with it, and raises ExecutionTimeoutError; left at its default
                     # (30 min) it would also cut short a job given a longer stall timeout.
@@ -476,6 +489,8 @@ def run_job(
                     stalled = True
                 else:
                     aborted = one_line_error(err)
+        if not started:  # nothing to plan, or a plan that failed: still accounted for below
+            under_way()
         # Inputs the plan never returned are failures, never silence; a later run retries them
         # with --retry-failed.
         if aborted is not None:
@@ -494,8 +509,8 @@ def run_job(
         failures.flush()
         bar.close()
     extra: dict[str, Any] = {k: round(v, 3) for k, v in timings.items()}
-    if plan_todo.replaced:
-        extra["replaced_rows"] = plan_todo.replaced
+    if replaced:
+        extra["replaced_rows"] = replaced
     if aborted is not None:
         extra["aborted"] = aborted
     summary = JobSummary(
@@ -521,16 +536,14 @@ def _plan_todo(store: OutputStore, items: list[InputItem], resume: bool, retry_f
     listed = items + [item for item, _ in unlisted]
     ids = {item.id for item in listed}
     if not resume:
-        replaced = store.drop("results", ids) + store.drop("failures", ids)
-        return _Todo(items, unlisted, skipped=0, replaced=replaced)
+        return _Todo(items, unlisted, skipped=0, redo={"results": ids, "failures": ids})
     done, failed_before = store.index("results"), store.index("failures")
     _check_same_paths(store, listed, done, "results")
     _check_same_paths(store, listed, failed_before, "failures")
-    replaced = 0
+    retry: set[str] = set()
     if retry_failed:
         # Only this run's inputs: failures of inputs not listed now must stay on record.
         retry = ids & failed_before.keys()
-        replaced = store.drop("failures", retry)
         failed_before = {k: v for k, v in failed_before.items() if k not in retry}
 
     def pending(item: InputItem) -> bool:
@@ -538,7 +551,7 @@ def _plan_todo(store: OutputStore, items: list[InputItem], resume: bool, retry_f
 
     todo = [item for item in items if pending(item)]
     unlisted = [(item, reason) for item, reason in unlisted if pending(item)]
-    return _Todo(todo, unlisted, skipped=len(listed) - len(todo) - len(unlisted), replaced=replaced)
+    return _Todo(todo, unlisted, skipped=len(listed) - len(todo) - len(unlisted), redo={"failures": retry})
 
 
 def _check_same_paths(store: OutputStore, items: list[InputItem], recorded: dict[str, str | None], table: str) -> None:

@@ -68,3 +68,23 @@ def test_the_voxel_size_a_point_model_was_trained_at_is_read_from_its_checkpoint
     path = tmp_path / "model.pt"
     torch.save({"model": {"w": torch.zeros(1)}, "model_name": "point_transformer_tiny", "grid_size": 0.05}, path)
     assert read_checkpoint_meta(path) == {"model_name": "point_transformer_tiny", "grid_size": 0.05}
+
+
+def test_weights_load_as_read_even_if_the_file_is_rewritten_in_place_before_loading(tmp_path):
+    """A checkpoint read for its weights is read whole: one copied over the same file before the
+    model loads it (a user's script saving again) neither swaps the weights nor, truncated, kills
+    the process with SIGBUS, as a memory-mapped read would."""
+    from spatiotemporal.convert import read_checkpoint
+    from spatiotemporal.models import create_model
+
+    torch.manual_seed(0)
+    first, second = create_model("vivit_tiny", num_classes=3), create_model("vivit_tiny", num_classes=3)
+    path, other = tmp_path / "model.pth", tmp_path / "other.pth"
+    torch.save({"model": first.state_dict(), "num_classes": 3}, path)
+    torch.save({"model": second.state_dict(), "num_classes": 3}, other)
+    checkpoint = read_checkpoint(path)
+    with open(path, "r+b") as file:  # rewritten in place: same inode, as `cp` or `torch.save` would
+        file.write(other.read_bytes())
+    loaded = create_model("vivit_tiny", pretrained=checkpoint)
+    for key, value in first.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key

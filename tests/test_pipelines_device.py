@@ -59,8 +59,14 @@ def test_a_running_ray_without_gpus_refuses_cuda(ray_cluster, inputs, tmp_path):
 
 
 def test_joining_a_cluster_without_gpus_refuses_cuda_before_any_input_is_recorded(inputs, tmp_path):
-    """The driver's own devices say nothing about a cluster it joins: the cluster is asked once joined."""
+    """The driver's own devices say nothing about a cluster it joins: the cluster is asked once joined.
+    A refused run changes nothing in OUTDIR, not even the earlier rows `--no-resume` would redo."""
     from ray.cluster_utils import Cluster
+
+    from pipelines.job import OutputStore, read_table
+
+    earlier = {"id": ["a.mp4"], "path": [str(inputs / "a.mp4")], "error": ["an earlier run's reason"]}
+    OutputStore(tmp_path / "out").write("failures", earlier)
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0,
                                                             "object_store_memory": 128 << 20,
@@ -74,14 +80,15 @@ def test_joining_a_cluster_without_gpus_refuses_cuda_before_any_input_is_recorde
     try:
         run = subprocess.run([CLI, "pipeline", "video-inference", "--input", str(inputs), "--output",
                               str(tmp_path / "out"), "--model", "vivit_tiny", "--device", "cuda", "--quiet",
-                              "--address", address], capture_output=True, text=True, timeout=180)
+                              "--no-resume", "--address", address], capture_output=True, text=True, timeout=180)
     finally:
         cluster.shutdown()
     assert run.returncode == 2
     assert run.stderr.splitlines()[-1] == (
         f"error: --device cuda: no CUDA device is available (the Ray cluster at {address} has no GPU)"
     )
-    assert not (tmp_path / "out" / "results").exists() and not (tmp_path / "out" / "failures").exists()
+    assert not (tmp_path / "out" / "results").exists()
+    assert read_table(tmp_path / "out", "failures").to_dict("list") == earlier
 
 
 def test_a_device_other_than_auto_cpu_or_cuda_is_refused():

@@ -113,7 +113,7 @@ def test_a_run_whose_checkpoints_all_fail_to_read_names_them(tmp_path):
     run = tmp_path / "runs" / "run"
     save_checkpoint(run / "checkpoint_a", config)
     (run / "checkpoint_a" / "state.pt").write_text("not a checkpoint")
-    with pytest.raises(CheckpointError, match=r"run: none of its 1 checkpoints can be read \(.*checkpoint_a/state.pt: cannot be read"):
+    with pytest.raises(CheckpointError, match=r"run: none of its 1 checkpoints can be read \(.*checkpoint_a/state.pt: cannot be read \(not a file torch.save wrote\)"):
         start_point(run, resume=True, config=config)
 
 

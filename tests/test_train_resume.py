@@ -69,6 +69,7 @@ def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(tiny_kinetics, ra
     with pytest.raises(Exception, match="crash_at_step=3"):
         fit(_config(tiny_kinetics, tmp_path, "resumed", *RANDOM_LAYERS, "train.crash_at_step=3"))
     assert ckpt.step_of(ckpt.latest_checkpoint(tmp_path / "resumed")) == 3  # mid-epoch, after an unlogged step
+    saved_elapsed = json.loads((ckpt.latest_checkpoint(tmp_path / "resumed") / "position.json").read_text())["elapsed_s"]
     resumed = fit(_config(tiny_kinetics, tmp_path, "resumed", *RANDOM_LAYERS), resume=True)
 
     assert straight["step"] == resumed["step"] == 4
@@ -79,6 +80,10 @@ def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(tiny_kinetics, ra
     for a, b in zip(rows["straight"], rows["resumed"]):
         if a["split"] == "train":
             assert b["loss"] == pytest.approx(a["loss"], abs=TOLERANCE)
+    # The training clock carries over the resume: step 2 was logged before the step-3 checkpoint,
+    # step 4 after the resume, which starts counting from that checkpoint's time.
+    elapsed = {r["step"]: r["elapsed_s"] for r in rows["resumed"] if r["split"] == "train"}
+    assert elapsed[2] <= saved_elapsed < elapsed[4]
     weights = {}
     for name in ("straight", "resumed"):
         final = max((tmp_path / name).glob("checkpoint_*/position.json"), key=lambda p: json.loads(p.read_text())["step"])

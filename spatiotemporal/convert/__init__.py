@@ -51,11 +51,11 @@ class Checkpoint:
 
 
 def read_checkpoint(path: str | os.PathLike | Checkpoint) -> Checkpoint:
-    """The file at `path`, read into memory for the metadata and weight readers to share."""
+    """The file at `path`, read whole into memory for the metadata and weight readers to share."""
     return path if isinstance(path, Checkpoint) else Checkpoint(path, _read_object(path))
 
 
-def _read_object(path: str | os.PathLike):
+def _read_object(path: str | os.PathLike, mmap: bool = False):
     if isinstance(path, Checkpoint):
         return path.obj
     path = os.fspath(path)
@@ -67,21 +67,27 @@ def _read_object(path: str | os.PathLike):
 
             obj = load_file(path)
         else:
-            obj = load_torch_file(path)
+            obj = load_torch_file(path, mmap=mmap)
     except Exception as err:  # noqa: BLE001 - any reader failure is an unreadable checkpoint
         raise CheckpointError(path, f"cannot read checkpoint: {err}") from err
     return obj
 
 
-def load_torch_file(path: str | os.PathLike):
-    """`torch.load` of a whole file onto the CPU, memory-mapped when torch wrote it in its zip format:
-    the weights stay on disk until touched, so reading a checkpoint for its metadata (a job's driver,
-    a resume check) costs little. Older pickles load whole. Errors are torch's own."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except RuntimeError as err:
-        if "mmap can only be used" not in str(err):
-            raise
+def load_torch_file(path: str | os.PathLike, mmap: bool = False):
+    """`torch.load` of a whole file onto the CPU. Errors are torch's own.
+
+    `mmap` memory-maps a file torch wrote in its zip format (older pickles load whole): the weights
+    stay on disk until touched, so reading a checkpoint for its metadata (a job's driver, a resume
+    check) costs little. Only for such reads: mapped tensors stay backed by the file, so weights
+    loaded from them later would be whatever the file holds then (another checkpoint copied over
+    it), or kill the process with SIGBUS (a file truncated to be rewritten in place).
+    """
+    if mmap:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        except RuntimeError as err:
+            if "mmap can only be used" not in str(err):
+                raise
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
@@ -89,7 +95,7 @@ def read_checkpoint_meta(path: str | os.PathLike) -> dict:
     """How a checkpoint says its model was built (empty for foreign layouts): META_KEYS present."""
     if os.fspath(path).endswith(".safetensors"):
         return {}
-    obj = _read_object(path)
+    obj = _read_object(path, mmap=True)  # nothing of it outlives this call but the metadata
     if not isinstance(obj, Mapping):
         return {}
     meta = {k: obj[k] for k in META_KEYS if obj.get(k) is not None}

@@ -83,8 +83,8 @@ def normalize(
 
 
 # ---- resizing --------------------------------------------------------------------------------
-# `resize` and `short_side_size` live with the reader (io.video), which resizes at decode when a
-# dataset caches frames small: one implementation, so cached and uncached clips are the same pixels.
+# `resize` and `short_side_size` live in io.resize, which the reader also calls when a dataset
+# caches frames small: one implementation, so cached and uncached clips are the same pixels.
 
 
 def short_side_scale(x: torch.Tensor, size: int, antialias: bool = False, geometry: Geometry = "slowfast") -> torch.Tensor:

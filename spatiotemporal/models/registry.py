@@ -44,7 +44,7 @@ class TestProtocol:
     # The frame rate the test code resamples every video to before placing views (SlowFast's
     # TARGET_FPS); None: frames are taken as the video has them.
     target_fps: float | None = None
-    # How views are sized and cropped: a `spatiotemporal.io.video.Geometry` ("slowfast" floors the
+    # How views are sized and cropped: a `spatiotemporal.io.resize.Geometry` ("slowfast" floors the
     # resized long side and rounds crop offsets up; "mmaction2" rounds the side, offsets down).
     geometry: str = "slowfast"
 

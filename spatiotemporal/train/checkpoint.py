@@ -25,11 +25,13 @@ MODEL_FILE = "model.pt"  # weights + how to build them, loadable with `create_mo
 
 @dataclass
 class Position:
-    """Where training stands: optimizer steps taken, and the next micro-batch of the current epoch."""
+    """Where training stands: optimizer steps taken, the next micro-batch of the current epoch, and
+    the seconds spent training so far (over every attempt, so a resumed run's log keeps counting)."""
 
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0
+    elapsed_s: float = 0.0
 
 
 def rng_state() -> dict:
@@ -134,16 +136,20 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def read_state(directory: Path) -> dict:
-    """A checkpoint's state.pt, memory-mapped (the weights stay on disk until touched), checked to be
-    a training state. An unreadable one (a copy cut short by a crash) is a CheckpointError naming it."""
+    """A checkpoint's state.pt, memory-mapped (the weights stay on disk until touched; the workers
+    load their own copy), checked to be a training state. An unreadable one (a copy cut short by a
+    crash) is a CheckpointError naming it."""
     from spatiotemporal.convert import load_torch_file
     from spatiotemporal.io.errors import CheckpointError
 
     path = directory / STATE_FILE
     if not path.is_file():
         raise CheckpointError(path, "no such file")
+    with open(path, "rb") as file:  # `save` writes torch's zip format; an empty or foreign file is not one
+        if file.read(4) != b"PK\x03\x04":
+            raise CheckpointError(path, "cannot be read (not a file torch.save wrote)")
     try:
-        state = load_torch_file(path)
+        state = load_torch_file(path, mmap=True)
     except Exception as error:  # torch reports a damaged file as whatever its zip or pickle reader hit
         text = str(error).strip()
         # torch's first sentence says what broke; the rest is advice

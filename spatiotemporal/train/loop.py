@@ -163,9 +163,10 @@ def train_loop_per_worker(config: dict) -> None:
     autocast = (
         torch.autocast(device.type, dtype=torch.bfloat16) if tcfg["bf16"] else contextlib.nullcontext()
     )
-    started = time.perf_counter()
+    started = time.perf_counter() - position.elapsed_s
 
     def report(epoch_metrics: dict | None) -> None:
+        position.elapsed_s = time.perf_counter() - started
         rng_states, windows = zip(*_gather(world, (ckpt.rng_state(), list(window))))
         metrics = {"step": position.step, "epoch": position.epoch, **(epoch_metrics or {})}
         if rank != 0:
