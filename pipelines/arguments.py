@@ -16,8 +16,10 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray started by the job")
     parser.add_argument("--no-resume", dest="resume", action="store_false",
                         help="redo every listed input: their earlier rows in OUTDIR's results/ and failures/ are "
-                             "removed first (rows of inputs not listed stay). By default inputs already in OUTDIR "
-                             "(same id and path) are skipped, and an id held there for another file is an error")
+                             "removed once the job has started (rows of inputs not listed stay; a job refused at "
+                             "its start, such as --device cuda on a cluster without GPUs, removes none). By default "
+                             "inputs already in OUTDIR (same id and path) are skipped, and an id held there for "
+                             "another file is an error")
     parser.add_argument("--retry-failed", action="store_true",
                         help="retry the listed inputs that are in the failures table (other failures stay)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar (the summary line still prints)")

@@ -363,6 +363,11 @@ class JobAborted(RuntimeError):
     stopped, and the inputs it had not finished are in the failures table with this reason."""
 
 
+class _NothingRecorded(Exception):
+    """Carries (as its cause) an error raised before a run recorded anything, past the handler that
+    records a failing plan's inputs as failures."""
+
+
 class OutputConflictError(ManifestError):
     """OUTDIR already holds an input id for a different file than this run lists under that id."""
 
@@ -435,10 +440,14 @@ def run_job(
                file=sys.stderr, dynamic_ncols=True)
 
     def under_way() -> None:
-        """The run records from here on: earlier rows of what it redoes go, unlisted inputs fail."""
+        """The run records from here on: earlier rows of what it redoes go, unlisted inputs fail.
+        OUTDIR failing to give up those rows is the user's error to see, with nothing recorded."""
         nonlocal started, replaced, failed
+        try:
+            replaced = plan_todo.remove_redone(store)
+        except Exception as err:  # noqa: BLE001 - re-raised as it was, past the plan's handler
+            raise _NothingRecorded() from err
         started = True
-        replaced = plan_todo.remove_redone(store)
         if replaced:
             bar.write(f"{name}: removed {replaced} earlier rows of the inputs this run redoes", file=sys.stderr)
         for item, reason in plan_todo.unlisted:
@@ -484,6 +493,8 @@ def run_job(
                 # Nothing ran: the inputs are not recorded, so they stay pending for a run on a
                 # cluster that has the device.
                 raise
+            except _NothingRecorded as err:
+                raise err.__cause__ from None
             except Exception as err:  # noqa: BLE001 - recorded below, then re-raised as JobAborted
                 if _is_stall(err):
                     stalled = True

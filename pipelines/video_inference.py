@@ -211,8 +211,8 @@ def run(
     def plan(dataset):
         import ray
 
-        layout = resource_plan(workers, ray.cluster_resources(), device, decode_cpus, address)
         pool = actor_pool(dataset, workers)  # counted on the inputs' blocks, before decoding
+        layout = resource_plan(pool.max_size, ray.cluster_resources(), device, decode_cpus, address)
         predictor_kwargs = {
             "model": model,
             "checkpoint": checkpoint,

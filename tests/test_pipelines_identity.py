@@ -170,6 +170,17 @@ def test_retry_failed_keeps_failures_of_inputs_not_in_this_run(ray_cluster, tree
     assert list(read_table(out, "failures")["id"]) == ["b.mp4"]
 
 
+def test_a_rerun_whose_outdir_cannot_give_up_earlier_rows_raises_and_records_nothing(ray_cluster, tree):
+    out = tree / "out"
+    (out / "results").mkdir(parents=True)
+    (out / "results" / "part-old.parquet").write_bytes(b"not parquet")  # a shard no reader can open
+    items = list_inputs(tree, (".mp4",)) + [InputItem(id="bad\udcff", path=str(tree / "bad\udcff.mp4"))]
+    with pytest.raises(Exception, match="part-old.parquet") as error:
+        job(items, out, resume=False)
+    assert not isinstance(error.value, JobAborted)
+    assert not (out / "failures").exists() and not (out / "summary.json").exists()
+
+
 # -- a failing plan (11) -----------------------------------------------------------------------
 
 

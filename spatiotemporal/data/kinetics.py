@@ -264,7 +264,8 @@ class ClipSampling:
     """Which frames make a clip, as data: T frames every `stride` (at `target_fps` when set);
     testing takes `num_clips` views placed as `anchor` places them, at `anchor_fps` for the
     SlowFast anchors (their TARGET_FPS frame-rate resampling) when set. Training draws one clip at
-    a random start, as the anchor's code base draws it when `train_as_anchor` (else mmaction2's draw)."""
+    a random start, as the anchor's code base draws it when `train_as_anchor`; else at an integer
+    start with frames `stride` apart (mmaction2's draw), a short video repeating its last frame."""
 
     num_frames: int = 8
     stride: int = 8

@@ -31,7 +31,8 @@ DEFAULTS: dict[str, Any] = {
         "max_points": 20000,  # points: crop a training scene to at most this many voxels
         "augment": True,
         "hflip": True,  # off for data whose classes are directions of motion
-        # Training clips: "random" (an integer start, frames `stride` apart: mmaction2's draw) or
+        # Training clips: "random" (an integer start, frames `stride` apart, as mmaction2 draws them;
+        # a video shorter than the clip repeats its last frame) or
         # "protocol" (drawn as the code base of the model's test protocol draws them: SlowFast's
         # float start, linspace frames and TARGET_FPS for TimeSformer and MViTv2, DMVR's offsets
         # for ViViT, mmaction2's looping for Video Swin), what the paper configs use.
