@@ -83,7 +83,7 @@ def clip_views(path: str | os.PathLike, recipe: ClipRecipe, timeout_s: float = 3
     """Decode the frames the recipe needs and cut the views: uint8 (T*S, frames, H, W, C).
 
     The frames are placed by evaluation's `ClipSampling.test_indices` and cut by its
-    `ClipTransform.test_crops`, so a model sees the same pixels from `infer` and the pipelines as
+    `ClipTransform.test_views`, so a model sees the same pixels from `infer` and the pipelines as
     from `eval kinetics`. uint8 keeps what crosses process boundaries in a batch job four times
     smaller than float; `views_to_input` normalizes on the consumer side.
     """
@@ -99,8 +99,7 @@ def clip_views(path: str | os.PathLike, recipe: ClipRecipe, timeout_s: float = 3
         if len(reader) < 1:
             raise InputError(path, "the video has no decodable frames")
         frames = torch.as_tensor(reader.get_frames(sampling.test_indices(reader).reshape(-1).tolist()))
-    # One temporal view at a time: only one view's frames are ever resized at full resolution.
-    views = torch.cat([transform.test_crops(clip) for clip in frames.split(recipe.frames)])
+    views = transform.test_views(frames, recipe.frames)
     return rearrange(views, "v c t h w -> v t h w c").contiguous().numpy()
 
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from spatiotemporal.data import sampling
-from spatiotemporal.data.transforms import ClipTransform
+from spatiotemporal.data.transforms import ClipTransform, normalize
 from spatiotemporal.io.errors import InputError
 from spatiotemporal.io.video import VideoReader
 from spatiotemporal.meta import kinetics_class_names
@@ -449,8 +449,8 @@ class KineticsDataset(torch.utils.data.Dataset):
             frames = reader.get_frames(indices.reshape(-1))
         if self.mode == "train":
             return self.transform.train(frames, rng)
-        views = [self.transform.test(clip) for clip in frames.split(self.clip.num_frames)]
-        return torch.cat(views)  # (num_clips * num_crops, C, T, H, W)
+        views = self.transform.test_views(frames, self.clip.num_frames)  # (num_clips * num_crops, C, T, H, W)
+        return normalize(views, self.transform.mean, self.transform.std)
 
     def _empty_views(self) -> torch.Tensor:
         c, t = len(self.transform.mean), self.clip.num_frames

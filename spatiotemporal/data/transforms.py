@@ -434,6 +434,12 @@ class ClipTransform:
         """uint8 (T, H, W, C) -> float (num_crops, C, T, crop, crop)."""
         return normalize(self.test_crops(frames), self.mean, self.std)
 
+    def test_views(self, frames: torch.Tensor, clip_len: int) -> torch.Tensor:
+        """uint8 frames of consecutive test clips, `clip_len` each (T*clip_len, H, W, C) -> uint8
+        (T*num_crops, C, clip_len, crop, crop), clip-major. One clip is resized at a time, so only
+        one clip's frames are ever resized at full resolution."""
+        return torch.cat([self.test_crops(clip) for clip in frames.split(clip_len)])
+
     def test_crops(self, frames: torch.Tensor) -> torch.Tensor:
         """The test views before normalisation: uint8 (T, H, W, C) -> uint8 (num_crops, C, T, crop, crop),
         what inference ships between processes (a quarter of float's bytes)."""
