@@ -26,6 +26,7 @@ from pathlib import Path
 
 TITLE = "Pipeline: video_inference throughput (clips/s)"
 MODEL = "vivit_tiny"
+OLD_AUTO = "ray, 2 workers, decord (the old auto)"
 VIEWS = "4x3"  # vivit_tiny's test protocol, what `video-inference` runs by default
 BATCH = 4
 # Kinetics-like clips: 10 s, short side 256 (the size Kinetics is usually stored at). The job's
@@ -70,18 +71,26 @@ def _settle(timeout_s: float = 60.0) -> None:
         time.sleep(0.2)
 
 
-def _ray_job(manifest: Path, out: Path, workers: int) -> dict:
+def _ray_job(manifest: Path, out: Path, workers: int, backend: str = "auto") -> dict:
     from pipelines import video_inference
     from spatiotemporal.train.process_cpu import ProcessTreeCPU
 
     _settle()
     with ProcessTreeCPU() as cpu:
-        summary = video_inference.run(manifest, out, model=MODEL, views=VIEWS, workers=workers, batch_size=BATCH,
-                                      resume=False, progress=False)
+        summary = video_inference.run(manifest, out, model=MODEL, random_weights=True, views=VIEWS, workers=workers,
+                                      batch_size=BATCH, backend=backend, resume=False, progress=False)
         _settle()  # the actors' exit is part of the job's CPU cost, not the next setup's
     assert summary.failed == 0, f"{summary.failed} clips failed"
     return {"seconds": summary.seconds, "first_s": summary.extra["first_output_s"], "count": summary.ok,
-            "first_count": BATCH, "cpu_s": cpu.seconds}
+            "first_count": BATCH, "cpu_s": cpu.seconds, "precisions": precisions_run(out)}
+
+
+def precisions_run(out: Path) -> list[str]:
+    """The precisions a job's actors ran in, from its results' precision column: what `auto`
+    chose where the model ran (each actor probes at its own thread count)."""
+    import pandas as pd
+
+    return sorted(set(pd.read_parquet(out / "results", columns=["precision"])["precision"]))
 
 
 def _reference(manifest: Path) -> dict:
@@ -98,7 +107,7 @@ def _reference(manifest: Path) -> dict:
     report = json.loads(done.stdout.strip().splitlines()[-1])
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     return {"seconds": report["end"] - launched, "first_s": report["first"] - launched, "count": report["count"],
-            "first_count": report["first_count"], "cpu_s": cpu}
+            "first_count": report["first_count"], "cpu_s": cpu, "precisions": [report["precision"]]}
 
 
 class _Clips:
@@ -125,7 +134,7 @@ def _dataloader_loop(manifest: str, num_workers: int = 1) -> dict:
     from spatiotemporal.infer import VideoClassifier
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) - num_workers))
-    classifier = VideoClassifier(MODEL, views=VIEWS, device="cpu")
+    classifier = VideoClassifier(MODEL, views=VIEWS, device="cpu", random_weights=True)
     paths = list(pd.read_csv(manifest)["path"])
     loader = torch.utils.data.DataLoader(_Clips(paths, classifier.recipe), batch_size=BATCH, num_workers=num_workers)
     done, first, first_count = 0, None, 0
@@ -134,7 +143,8 @@ def _dataloader_loop(manifest: str, num_workers: int = 1) -> dict:
         done += len(views)
         if first is None:
             first, first_count = time.time(), done
-    return {"end": time.time(), "first": first, "count": done, "first_count": first_count}
+    return {"end": time.time(), "first": first, "count": done, "first_count": first_count,
+            "precision": classifier.precision}
 
 
 def _rate(run: dict) -> tuple[float, float]:
@@ -149,7 +159,8 @@ def run(args) -> str:
     quick = getattr(args, "quick", False)
     count, repeats = (40, 1) if quick else (200, 2)
     load_before = os.getloadavg()
-    setups = ("ray, 1 worker", "ray, 2 workers", "DataLoader + loop")
+    # The decoder `auto` used before it measured its order (decord first), beside today's `auto`.
+    setups = ("ray, 1 worker", "ray, 2 workers", OLD_AUTO, "DataLoader + loop")
     runs: dict[str, list[dict]] = {name: [] for name in setups}
     with tempfile.TemporaryDirectory(prefix="bench_pipeline_") as tmp:
         root = Path(tmp)
@@ -160,6 +171,7 @@ def run(args) -> str:
             for round_ in range(repeats):
                 runs["ray, 1 worker"].append(_ray_job(manifest, root / f"w1-{round_}", workers=1))
                 runs["ray, 2 workers"].append(_ray_job(manifest, root / f"w2-{round_}", workers=2))
+                runs[OLD_AUTO].append(_ray_job(manifest, root / f"w2d-{round_}", workers=2, backend="decord"))
                 runs["DataLoader + loop"].append(_reference(manifest))
     best = {name: max(rounds, key=lambda r: r["count"] / r["seconds"]) for name, rounds in runs.items()}
     rates = {name: _rate(r) for name, r in best.items()}
@@ -167,15 +179,16 @@ def run(args) -> str:
     versus = rates["ray, 2 workers"][0] / rates["DataLoader + loop"][0]
     scaling_steady = rates["ray, 2 workers"][1] / rates["ray, 1 worker"][1]
     versus_steady = rates["ray, 2 workers"][1] / rates["DataLoader + loop"][1]
+    new_auto = rates["ray, 2 workers"][0] / rates[OLD_AUTO][0]
+    new_auto_steady = rates["ray, 2 workers"][1] / rates[OLD_AUTO][1]
     load_after = os.getloadavg()
-    import torch
-
-    from spatiotemporal.precision import resolve_precision
-
-    precision = "bf16 autocast" if resolve_precision("auto", torch.device("cpu")) == torch.bfloat16 else "fp32"
+    # What `auto` chose where the model ran (each process probes at its own thread count): the
+    # results' precision column for Ray, the reference's classifier for the loop.
+    precision = "; ".join(f"{name}: {' + '.join(sorted({p for r in rounds for p in r['precisions']}))}"
+                          for name, rounds in runs.items())
     lines = [
         f"{count} synthetic clips ({CLIP_SIZE}x{CLIP_SIZE}, {CLIP_FRAMES} frames at {CLIP_FPS} fps), `{MODEL}`, "
-        f"views {VIEWS}, batch {BATCH}, CPU, precision auto ({precision} here) in every setup; "
+        f"views {VIEWS}, batch {BATCH}, CPU, precision auto in every setup (chosen: {precision}); "
         f"best of {repeats} interleaved round(s). Ray: each worker is one actor that decodes its batch and "
         "runs the model on one thread (one core). Reference: `DataLoader(num_workers=1)` decoding, the model "
         "in the main process on the remaining core(s).",
@@ -192,6 +205,8 @@ def run(args) -> str:
         f"- 2 workers vs 1: **{scaling:.2f}x** (target >= 1.7x); after the first result {scaling_steady:.2f}x",
         f"- ray 2 workers vs DataLoader + loop: **{versus:.2f}x** (target >= 1.0x); after the first result "
         f"{versus_steady:.2f}x",
+        f"- decoding: `auto` (PyAV first) against decord, the old `auto`, both with 2 workers: **{new_auto:.2f}x**; "
+        f"after the first result {new_auto_steady:.2f}x",
         f"- load average before {', '.join(f'{x:.1f}' for x in load_before)}, after "
         f"{', '.join(f'{x:.1f}' for x in load_after)} (on a busy machine the rates mean little; CPU s/clip less so)",
     ]

@@ -195,7 +195,7 @@ def _infer_row(name: str, fragments: str) -> str:
     import tempfile
 
     with tempfile.TemporaryDirectory() as out:
-        args = ["infer", str(SCAN), "--model", name, "--out", out, "--max-fragments", fragments]
+        args = ["infer", str(SCAN), "--model", name, "--random-weights", "--out", out, "--max-fragments", fragments]
         start = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-m", "spatiotemporal.cli", *args],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -59,6 +59,16 @@ def error_types() -> tuple[type[BaseException], ...]:
 
 
 def job_kwargs(args: argparse.Namespace) -> dict:
+    """The job's keyword arguments from the shared options.
+
+    A cluster to join (--address, else RAY_ADDRESS) is checked here, as the command builds the
+    job's call: one line for a cluster that cannot be joined before the job loads torch and its
+    model, which takes seconds on a busy machine. The job's own check (for library callers) and
+    its join do not ask the cluster again (`spatiotemporal.cluster.cluster_to_join`).
+    """
+    from spatiotemporal.cluster import cluster_to_join
+
+    cluster_to_join(args.address)
     return {
         "resume": args.resume,
         "retry_failed": args.retry_failed,

@@ -7,6 +7,14 @@ import re
 
 
 def one_line_error(err: BaseException) -> str:
+    """`Type: message` (first line) of the error that started it all, as `one_line` makes every
+    reason a user reads (no colour codes or C++ source paths, at most 300 characters)."""
+    from spatiotemporal.io.errors import one_line
+
+    return one_line(_innermost_error(err))
+
+
+def _innermost_error(err: BaseException) -> str:
     """`Type: message` (first line) of the error that started it all.
 
     Ray wraps a worker's exception in task, user-code and actor errors. The innermost exception

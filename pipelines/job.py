@@ -37,6 +37,7 @@ import numpy as np
 from pipelines.arguments import DEFAULT_STALL_TIMEOUT_S, stall_seconds
 from pipelines.errors import one_line_error
 from pipelines.inputs import InputItem, ManifestError
+from spatiotemporal.cluster import ClusterJoinError, cluster_address, cluster_to_join
 
 # A result column holding serialized safetensors bytes; the writer unpacks it into a shard file
 # in PAYLOAD_DIR, beside results/ rather than in it.
@@ -60,6 +61,8 @@ class JobSummary:
     seconds: float
     output: str
     extra: dict[str, Any] = field(default_factory=dict)
+    # Successful inputs per value of the result columns a job asked to count (`run_job(tally=...)`).
+    tally: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def throughput(self) -> float:
@@ -67,9 +70,16 @@ class JobSummary:
         return (self.ok + self.failed) / self.seconds if self.seconds > 0 else 0.0
 
     def line(self) -> str:
+        # Most common value first, ties by name: the same line for the same run, however rows arrived.
+        counted = "".join(
+            f"; {column}: " + ", ".join(
+                f"{value} {count}" for value, count in sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+            )
+            for column, counts in self.tally.items() if counts
+        )
         return (
             f"{self.job}: {self.ok} ok, {self.failed} failed, {self.skipped} skipped "
-            f"of {self.total} inputs in {self.seconds:.1f} s ({self.throughput:.2f} inputs/s) -> {self.output}"
+            f"of {self.total} inputs in {self.seconds:.1f} s ({self.throughput:.2f} inputs/s){counted} -> {self.output}"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -221,56 +231,34 @@ def _to_python(value: Any) -> Any:
 
 @contextlib.contextmanager
 def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[None]:
-    """Use the caller's Ray if it is up, join `address` if given, else start a small local one.
+    """Use the caller's Ray if it is up, join `address` (else RAY_ADDRESS) if given, else start a
+    small local one (`spatiotemporal.cluster.start_ray`).
 
     Only a Ray started here is shut down here, so jobs compose inside tests and notebooks.
     """
     import ray
 
-    if ray.is_initialized():
-        yield
-        return
+    from spatiotemporal.cluster import start_ray
+
     # WARNING: Ray's INFO lines ("Started a local Ray instance", Ray Data's execution plan) would
     # interleave with the job's progress bar, which says what they say.
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
     with _quiet_task_retries():
-        if address:
-            ray.init(address=address, **kwargs)
-        else:
-            with _without_auth_default_notice():
-                ray.init(
-                    # "local" starts a fresh instance; without it Ray would attach to whatever cluster
-                    # another process on this machine started last.
-                    address="local",
-                    num_cpus=num_cpus or os.cpu_count(),
-                    # A fixed store keeps a job on a shared box from claiming 30% of its memory.
-                    object_store_memory=int(os.environ.get("SPATIOTEMPORAL_OBJECT_STORE_BYTES", 1 << 30)),
-                    **kwargs,
-                )
+        started = start_ray(
+            address,
+            local={
+                "num_cpus": num_cpus or os.cpu_count(),
+                # A fixed store keeps a job on a shared box from claiming 30% of its memory.
+                "object_store_memory": int(os.environ.get("SPATIOTEMPORAL_OBJECT_STORE_BYTES", 1 << 30)),
+            },
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+        )
     try:
         yield
     finally:
-        ray.shutdown()
-
-
-_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
-
-
-def _drop_auth_default_notice(record: logging.LogRecord) -> bool:
-    return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
-
-
-@contextlib.contextmanager
-def _without_auth_default_notice() -> Iterator[None]:
-    """A Ray the job starts for itself gets token authentication by default, and says so on every
-    start: a notice about the safe default, not something the user of a job has to act on. Ray's
-    warning that a cluster runs *without* authentication still shows."""
-    auth_logger = logging.getLogger(_AUTH_LOGGER)
-    auth_logger.addFilter(_drop_auth_default_notice)
-    try:
-        yield
-    finally:
-        auth_logger.removeFilter(_drop_auth_default_notice)
+        if started:
+            ray.shutdown()
 
 
 # The core worker that owns a task (the driver, for every task and actor a job starts) publishes
@@ -326,8 +314,9 @@ def check_device(device: str, address: str | None) -> None:
     """Refuse `cuda` where there is none, before anything runs (it would otherwise run on CPUs).
 
     Where the job will start its own Ray, this machine's CUDA devices are what the job gets; a Ray
-    already running in this process is asked for its GPUs. A cluster the job joins (`address`) can
-    only be asked once joined: each job's plan does that (`usable_gpus`) before anything is recorded.
+    already running in this process is asked for its GPUs. A cluster the job joins (`address`,
+    else RAY_ADDRESS: `cluster_address`) can only be asked once joined: each job's plan does that
+    (`usable_gpus`) before anything is recorded.
     """
     import ray
 
@@ -337,7 +326,7 @@ def check_device(device: str, address: str | None) -> None:
         return
     if ray.is_initialized():
         usable_gpus("cuda", ray.cluster_resources())
-    elif address is None:
+    elif cluster_address(address) is None:
         import torch
 
         if not torch.cuda.is_available():
@@ -350,10 +339,12 @@ class NoDeviceError(ValueError):
 
 def usable_gpus(device: str, cluster: dict, address: str | None = None) -> float:
     """The GPUs a job on `cluster` (`ray.cluster_resources()`) may use: none for `cpu`; `cuda`
-    where there are none is refused, never run on CPUs."""
+    where there are none is refused, never run on CPUs. The refusal names the cluster joined
+    (`address`, else RAY_ADDRESS), however it was given."""
     gpus = cluster.get("GPU", 0) if device in ("auto", "cuda") else 0
     if device == "cuda" and gpus < 1:
-        where = f"the Ray cluster at {address}" if address else "the Ray cluster"
+        joined = cluster_address(address)
+        where = f"the Ray cluster at {joined}" if joined else "the Ray cluster"
         raise NoDeviceError(f"--device cuda: no CUDA device is available ({where} has no GPU)")
     return gpus
 
@@ -402,6 +393,7 @@ def run_job(
     progress: bool = True,
     on_row: Callable[[dict[str, Any]], None] | None = None,
     stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
+    tally: tuple[str, ...] = (),
 ) -> JobSummary:
     """Run `plan` over `items`, skipping what OUTDIR already holds, and write results/failures.
 
@@ -411,7 +403,8 @@ def run_job(
     (rows of inputs not listed stay). `retry_failed` redoes the listed inputs that failed before.
 
     `on_row` sees every successful row before it is buffered (jobs use it for side outputs such
-    as submission files). If the plan makes no progress for `stall_timeout_s` (a cluster that lost
+    as submission files); `tally` names result columns whose values the summary line counts over
+    them (video jobs: which decoder read each input). If the plan makes no progress for `stall_timeout_s` (a cluster that lost
     the resources the plan needs), the job stops and records what is left as failures rather than
     hang. If the plan raises, what is left is recorded as failures, summary.json is written, and
     JobAborted (one line) is raised. A plan that raises NoDeviceError (`usable_gpus`: a cluster
@@ -420,6 +413,9 @@ def run_job(
     from tqdm import tqdm
 
     stall_timeout_s = stall_seconds(stall_timeout_s)
+    # A cluster the job cannot join is the user's to fix: refused before OUTDIR is touched, so
+    # that no input is recorded as failed for it (checked once per process: see cluster_to_join).
+    cluster_to_join(address)
     store = OutputStore(output_dir)
     store.root.mkdir(parents=True, exist_ok=True)
     plan_todo = _plan_todo(store, items, resume, retry_failed)
@@ -429,6 +425,7 @@ def run_job(
     results = _ShardBuffer(store, "results", shard_rows)
     failures = _ShardBuffer(store, "failures", shard_rows)
     ok = failed = replaced = 0
+    counts: dict[str, dict[str, int]] = {column: {} for column in tally}
     stalled = False
     aborted: str | None = None
     started = False
@@ -484,14 +481,17 @@ def run_job(
                                 row = {k: _to_python(v) for k, v in row.items()}
                                 if on_row is not None:
                                     on_row(row)
+                                for column, seen_values in counts.items():
+                                    value = str(row.get(column))
+                                    seen_values[value] = seen_values.get(value, 0) + 1
                                 results.add(row)
                                 ok += 1
                             bar.update(1)
                             bar.set_postfix(ok=ok, failed=failed, refresh=False)
                     stalled = stream.stalled
-            except NoDeviceError:
+            except (NoDeviceError, ClusterJoinError):
                 # Nothing ran: the inputs are not recorded, so they stay pending for a run on a
-                # cluster that has the device.
+                # cluster that has the device, or one the job can join.
                 raise
             except _NothingRecorded as err:
                 raise err.__cause__ from None
@@ -533,6 +533,7 @@ def run_job(
         seconds=time.perf_counter() - start,
         output=str(store.root),
         extra=extra,
+        tally=counts,
     )
     (store.root / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
     # The summary prints even without a progress bar: it is the job's one-line receipt.
@@ -707,12 +708,10 @@ def _rows(batch: dict[str, np.ndarray]) -> Iterator[dict[str, Any]]:
 
 
 def failure_reason(err: BaseException) -> str:
-    """One line for the failures table: input errors already name the file and the reason."""
-    from spatiotemporal.io.errors import InputError
+    """One line for the failures table (the row names the file): see `reason_line`."""
+    from spatiotemporal.io.errors import reason_line
 
-    if isinstance(err, InputError):
-        return err.reason
-    return f"{type(err).__name__}: {err}".splitlines()[0]
+    return reason_line(err)
 
 
 def read_table(output_dir: str | os.PathLike, table: str = "results"):

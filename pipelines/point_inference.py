@@ -29,6 +29,7 @@ import numpy as np
 from pipelines.inputs import InputItem, list_inputs
 from pipelines.job import (DEFAULT_STALL_TIMEOUT_S, JobSummary, actor_pool, check_device, check_model, failure_reason,
                            run_job, usable_gpus)
+from pipelines.weights import say_if_random
 from spatiotemporal.data.scannet import is_prepared_scene
 from spatiotemporal.io.points import POINT_FILE_EXTENSIONS, SCANNET_MESH_SUFFIX, is_scannet_scene
 
@@ -141,15 +142,16 @@ class Segmenter:
     """An inference actor: one model, scans in, per-vertex labels (nyu40 ids for ScanNet) out."""
 
     def __init__(self, model: str, checkpoint: str | None, voxel_size: float | None, max_fragments: int | None,
-                 device: str, threads: int):
+                 device: str, threads: int, weights: dict | None = None, random_weights: bool = False):
         import ray
         import torch
 
         from spatiotemporal.infer import PointSegmenter
 
         torch.set_num_threads(max(1, threads))
+        # `weights`: the driver's `share_weights`, fetched at most once per node.
         self.segmenter = PointSegmenter(model, checkpoint, device=device, voxel_size=voxel_size,
-                                        max_fragments=max_fragments)
+                                        max_fragments=max_fragments, weights=weights, random_weights=random_weights)
         self.node = ray.get_runtime_context().get_node_id()
 
     def __call__(self, batch: dict[str, np.ndarray]):
@@ -191,6 +193,8 @@ def run(
     *,
     model: str,
     checkpoint: str | None = None,
+    weights: str | None = None,
+    random_weights: bool = False,
     voxel_size: float | None = None,
     max_fragments: int | None = 1,
     workers: int = 1,
@@ -204,9 +208,16 @@ def run(
     stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
 ) -> JobSummary:
     """Per-vertex predictions for every scan under `input`. `voxel_size` None: the one the
-    model was trained with (its checkpoint's, else its config's)."""
+    model was trained with (its checkpoint's, else its config's). `weights` names published weights
+    (resolved on the driver, fetched at most once per node); with neither it nor `checkpoint` the
+    job is refused unless `random_weights` asks for a random model."""
+    from spatiotemporal.weights import get_entry, require_weights, share_weights, weights_file
+
     check_model(model, checkpoint, "points")  # before Ray starts: a bad name or path is one line
     check_device(device, address)
+    say_if_random(require_weights(model, checkpoint, weights, random_weights))
+    if weights:  # fetched (or refused, in one line) before Ray starts
+        weights_file(get_entry(weights, model).name)
     items = list_scans(input)
     submission = Path(output) / "submission"
     # Named over the whole listing, not just the pending part, so resuming renames nothing.
@@ -234,6 +245,8 @@ def run(
                 "max_fragments": max_fragments,
                 "device": "cuda" if gpus >= 1 else "cpu",
                 "threads": 1 if pool.max_size > 1 else max(1, (os.cpu_count() or 1)),
+                "weights": share_weights(weights, model) if weights else None,
+                "random_weights": random_weights,
             },
             batch_size=1,
             batch_format="numpy",

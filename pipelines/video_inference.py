@@ -13,9 +13,10 @@ work is laid out on the cluster is `resource_plan`'s job:
 Either way the actors batch several videos per forward pass.
 
 Result rows: id, path, class_ids, labels, probs (top-k, best first), optional embedding, and
-timings (decode_s, infer_s) with where the work ran (decode_node, infer_node, infer_pid) and the
-precision it ran in (bf16 autocast or fp32; `precision="auto"` picks bf16 where the device has
-native bf16).
+timings (decode_s, infer_s) with where the work ran (decode_node, infer_node, infer_pid), the
+decoder that read the video (backend; the summary line counts inputs per backend) and the
+precision it ran in (bf16 autocast or fp32; `precision="auto"` picks bf16 on a GPU that supports
+it, and on a CPU where a measured probe at the model's matmul shapes finds it clearly faster).
 """
 
 from __future__ import annotations
@@ -29,26 +30,30 @@ import numpy as np
 from pipelines.inputs import VIDEO_EXTENSIONS, list_inputs
 from pipelines.job import (DEFAULT_STALL_TIMEOUT_S, JobSummary, actor_pool, check_device, check_model, failure_reason,
                            run_job, usable_gpus)
+from pipelines.weights import say_if_random
 
 
-def decode_batch(batch: dict[str, np.ndarray], recipe, timeout_s: float) -> dict[str, np.ndarray]:
+def decode_batch(batch: dict[str, np.ndarray], recipe, timeout_s: float, backend: str = "auto") -> dict[str, np.ndarray]:
     """A CPU task: uint8 views for each video, or an error row with all-zero views of the same
     shape (a fixed shape keeps the column a dense tensor)."""
     import ray
 
-    from spatiotemporal.infer import clip_views
+    from spatiotemporal.infer import clip_views_and_backend
 
     node = ray.get_runtime_context().get_node_id()
     temporal, spatial = recipe.views
     shape = (temporal * spatial, recipe.frames, recipe.crop, recipe.crop, 3)
-    views, errors, seconds = [], [], []
+    views, errors, seconds, backends = [], [], [], []
     for path in batch["path"]:
         start = time.perf_counter()
         try:
-            views.append(clip_views(str(path), recipe, timeout_s=timeout_s))
+            clip, served_by = clip_views_and_backend(str(path), recipe, timeout_s=timeout_s, backend=backend)
+            views.append(clip)
+            backends.append(served_by)
             errors.append("")
         except Exception as err:  # noqa: BLE001 - every failing input becomes a failure row
             views.append(np.zeros(shape, dtype=np.uint8))
+            backends.append("")
             errors.append(failure_reason(err))
         seconds.append(time.perf_counter() - start)
     return {
@@ -58,6 +63,7 @@ def decode_batch(batch: dict[str, np.ndarray], recipe, timeout_s: float) -> dict
         "views": np.stack(views),
         "decode_s": np.array(seconds),
         "decode_node": np.array([node] * len(errors)),
+        "backend": np.array(backends),
     }
 
 
@@ -69,16 +75,20 @@ class Predictor:
     """
 
     def __init__(self, model: str, checkpoint: str | None, views: tuple[int, int], topk: int, embed: bool,
-                 device: str, threads: int, precision: str = "auto", recipe=None, timeout_s: float = 30.0):
+                 device: str, threads: int, precision: str = "auto", recipe=None, timeout_s: float = 30.0,
+                 backend: str = "auto",
+                 weights: dict | None = None, random_weights: bool = False):
         import ray
         import torch
 
         from spatiotemporal.infer import VideoClassifier
 
         torch.set_num_threads(max(1, threads))
-        self.classifier = VideoClassifier(model, checkpoint, views=views, device=device, precision=precision)
+        # `weights`: the driver's `share_weights`, fetched at most once per node.
+        self.classifier = VideoClassifier(model, checkpoint, views=views, device=device, precision=precision,
+                                          weights=weights, random_weights=random_weights)
         self.topk, self.embed = topk, embed
-        self.recipe, self.timeout_s = recipe, timeout_s
+        self.recipe, self.timeout_s, self.backend = recipe, timeout_s, backend
         self.node = ray.get_runtime_context().get_node_id()
         self.pid = os.getpid()
 
@@ -86,7 +96,7 @@ class Predictor:
         import pyarrow as pa
 
         if self.recipe is not None:
-            batch = decode_batch(batch, self.recipe, self.timeout_s)
+            batch = decode_batch(batch, self.recipe, self.timeout_s, self.backend)
         count = len(batch["id"])
         ok = np.array([not e for e in batch["error"]], dtype=bool)
         k = min(self.topk, self.classifier.num_classes)
@@ -113,6 +123,7 @@ class Predictor:
             "decode_s": pa.array(batch["decode_s"].tolist(), pa.float64()),
             "infer_s": pa.array([per_item] * count, pa.float64()),
             "decode_node": pa.array(batch["decode_node"].tolist(), pa.string()),
+            "backend": pa.array(batch["backend"].tolist(), pa.string()),
             "infer_node": pa.array([self.node] * count, pa.string()),
             "infer_pid": pa.array([self.pid] * count, pa.int64()),
             "precision": pa.array([self.classifier.precision] * count, pa.string()),
@@ -172,6 +183,8 @@ def run(
     *,
     model: str,
     checkpoint: str | None = None,
+    weights: str | None = None,
+    random_weights: bool = False,
     views: str | None = None,
     topk: int = 5,
     embed: bool = False,
@@ -180,6 +193,7 @@ def run(
     device: str = "auto",
     precision: str = "auto",
     timeout_s: float = 30.0,
+    backend: str = "auto",
     resume: bool = True,
     retry_failed: bool = False,
     address: str | None = None,
@@ -189,20 +203,30 @@ def run(
     progress: bool = True,
     stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
 ) -> JobSummary:
-    """Top-k predictions for every video under `input`, into Parquet shards in `output`."""
+    """Top-k predictions for every video under `input`, into Parquet shards in `output`.
+
+    `weights` names published weights (`spatiotemporal weights list`), resolved on the driver
+    and fetched at most once per node; with neither it nor `checkpoint` the job is refused unless
+    `random_weights` asks for a random model (smoke tests, benchmarks)."""
     from spatiotemporal.infer import ClipRecipe, check_topk, parse_views
     from spatiotemporal.io.errors import CheckpointError
     from spatiotemporal.models.registry import resolved_spec
     from spatiotemporal.precision import check_precision
+    from spatiotemporal.weights import require_weights, share_weights
 
     check_precision(precision)  # before any actor starts
+    from spatiotemporal.io.video import BACKENDS
+
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     check_topk(topk)
     check_model(model, checkpoint, "video")
     check_device(device, address)
+    say_if_random(require_weights(model, checkpoint, weights, random_weights))
     # The clips the model was built and trained for: a checkpoint's own frames and size, not the
     # registered spec's, or the decode tasks would cut views the actors' model does not take.
     try:
-        spec = resolved_spec(model, checkpoint)
+        spec = resolved_spec(model, checkpoint, weights=weights)  # a catalogue entry is fetched here
     except CheckpointError as err:  # unreadable: refused before Ray starts, in one line
         raise ValueError(str(err)) from None
     recipe = ClipRecipe.from_spec(spec, parse_views(views, spec))
@@ -222,13 +246,15 @@ def run(
             "device": layout.device,
             "threads": layout.threads,
             "precision": precision,
+            "weights": share_weights(weights, model) if weights else None,
+            "random_weights": random_weights,
         }
         if layout.decode_in_actor:
-            predictor_kwargs.update(recipe=recipe, timeout_s=timeout_s)
+            predictor_kwargs.update(recipe=recipe, timeout_s=timeout_s, backend=backend)
         else:
             dataset = dataset.map_batches(
                 decode_batch,
-                fn_kwargs={"recipe": recipe, "timeout_s": timeout_s},
+                fn_kwargs={"recipe": recipe, "timeout_s": timeout_s, "backend": backend},
                 batch_size=batch_size,
                 batch_format="numpy",
                 num_cpus=layout.decode_cpus,
@@ -260,4 +286,5 @@ def run(
         num_cpus=num_cpus,
         progress=progress,
         stall_timeout_s=stall_timeout_s,
+        tally=("backend",),
     )

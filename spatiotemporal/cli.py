@@ -15,6 +15,7 @@ import sys
 COMMANDS: dict[str, str] = {
     "probe": "spatiotemporal.commands.probe",
     "models": "spatiotemporal.commands.models",
+    "weights": "spatiotemporal.commands.weights",
     "prepare synthetic-kinetics": "spatiotemporal.commands.prepare_synthetic_kinetics",
     "prepare kinetics": "spatiotemporal.commands.prepare_kinetics",
     "prepare synthetic-scannet": "spatiotemporal.commands.prepare_synthetic_scannet",

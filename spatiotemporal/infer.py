@@ -25,7 +25,8 @@ from spatiotemporal.data.transforms import ClipTransform
 from spatiotemporal.io.errors import CheckpointError, InputError
 from spatiotemporal.io.resize import Geometry
 from spatiotemporal.models.registry import ModelSpec, create_model, get_spec, point_feature_keys
-from spatiotemporal.precision import resolve_precision, store_autocast_weights
+from spatiotemporal.precision import check_precision, choose_precision, model_matmul_shapes, store_autocast_weights
+from spatiotemporal.weights import require_weights
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -79,7 +80,7 @@ class ClipRecipe:
                    protocol.target_fps, protocol.geometry)
 
 
-def clip_views(path: str | os.PathLike, recipe: ClipRecipe, timeout_s: float = 30.0) -> np.ndarray:
+def clip_views(path: str | os.PathLike, recipe: ClipRecipe, timeout_s: float = 30.0, backend: str = "auto") -> np.ndarray:
     """Decode the frames the recipe needs and cut the views: uint8 (T*S, frames, H, W, C).
 
     The frames are placed by evaluation's `ClipSampling.test_indices` and cut by its
@@ -87,7 +88,15 @@ def clip_views(path: str | os.PathLike, recipe: ClipRecipe, timeout_s: float = 3
     from `eval kinetics`. uint8 keeps what crosses process boundaries in a batch job four times
     smaller than float; `views_to_input` normalizes on the consumer side.
     """
+    return clip_views_and_backend(path, recipe, timeout_s, backend)[0]
+
+
+def clip_views_and_backend(path: str | os.PathLike, recipe: ClipRecipe, timeout_s: float = 30.0,
+                           backend: str = "auto") -> tuple[np.ndarray, str]:
+    """`clip_views`, and the decoder that read the video (batch jobs record it per input).
+    `backend` is the reader's (`VideoReader`): "auto" unless a caller pins one."""
     from spatiotemporal.data.kinetics import ClipSampling
+    from spatiotemporal.io.resize import resizes_in_decoder
     from spatiotemporal.io.video import VideoReader
 
     temporal, spatial = recipe.views
@@ -95,12 +104,24 @@ def clip_views(path: str | os.PathLike, recipe: ClipRecipe, timeout_s: float = 3
                             anchor_fps=recipe.target_fps)
     transform = ClipTransform(crop_size=recipe.crop, test_short_side=recipe.short_side, num_crops=spatial,
                               geometry=recipe.geometry)
-    with VideoReader(path, timeout_s=timeout_s) as reader:
+    # A loader that resizes inside its decoder (SlowFast's torchvision one) is followed at decode.
+    decode_short_side = (recipe.short_side or recipe.crop) if resizes_in_decoder(recipe.geometry) else None
+    with VideoReader(path, backend=backend, timeout_s=timeout_s, short_side=decode_short_side,
+                     geometry=recipe.geometry) as reader:
         if len(reader) < 1:
             raise InputError(path, "the video has no decodable frames")
         frames = torch.as_tensor(reader.get_frames(sampling.test_indices(reader).reshape(-1).tolist()))
+        served_by = reader.backend  # after the read, which may have fallen back
     views = transform.test_views(frames, recipe.frames)
-    return rearrange(views, "v c t h w -> v t h w c").contiguous().numpy()
+    return rearrange(views, "v c t h w -> v t h w c").contiguous().numpy(), served_by
+
+
+def view_input_shape(spec: ModelSpec) -> tuple[int, ...]:
+    """The shape of one view as the model takes it: (1, C, T, H, W), or (1, T, C, H, W)."""
+    frames, size = spec.num_frames or 8, spec.crop_size or 224
+    if spec.preprocess.layout == "BTCHW":
+        return 1, frames, spec.in_channels, size, size
+    return 1, spec.in_channels, frames, size, size
 
 
 def views_to_input(views: np.ndarray | torch.Tensor, spec: ModelSpec) -> torch.Tensor:
@@ -155,23 +176,33 @@ class VideoClassifier:
         num_classes: int | None = None,
         class_names: list[str] | None = None,
         precision: str = "auto",
+        weights: str | dict | None = None,
+        random_weights: bool = False,
     ):
         self.spec = get_spec(model)
         if self.spec.family != "video":
             raise ValueError(f"{model} is a {self.spec.family} model, not a video model")
+        # A model with neither weights nor a checkpoint predicts noise: only when asked for.
+        require_weights(model, checkpoint, weights, random_weights)
         if num_classes is None and class_names:
             num_classes = len(class_names)
         self.device = resolve_device(device)
-        self.dtype = resolve_precision(precision, self.device)
+        check_precision(precision)  # before the model is built: a bad precision costs nothing
         if checkpoint is not None:
             from spatiotemporal.convert import read_checkpoint
 
             # Read once: the model's kwargs, its weights and its class names all come from it.
             checkpoint = read_checkpoint(checkpoint)
         # create_model takes the class count a checkpoint of ours records when none is given.
-        self.model = create_model(model, num_classes=num_classes, pretrained=checkpoint).eval().to(self.device)
+        # `weights`: a catalogue entry (spatiotemporal.weights), fetched into the cache on first use.
+        self.model = create_model(model, num_classes=num_classes, pretrained=checkpoint,
+                                  weights=weights).eval().to(self.device)
         # The spec as built: clips of the frames and size the model was built (and trained) for.
         self.spec = self.model.spec
+        # `auto` on a CPU times bf16 against fp32 at this model's own matmul shapes (cached).
+        self.precision_choice = choose_precision(
+            precision, self.device, lambda: model_matmul_shapes(self.model, view_input_shape(self.spec)))
+        self.dtype = self.precision_choice.dtype
         if self.dtype != torch.float32:
             store_autocast_weights(self.model, self.dtype)
         self.num_classes = self.model.num_classes
@@ -324,6 +355,8 @@ class PointSegmenter:
         device: str = "auto",
         voxel_size: float | None = None,
         max_fragments: int | None = None,
+        weights: str | dict | None = None,
+        random_weights: bool = False,
     ):
         import sys
 
@@ -332,13 +365,14 @@ class PointSegmenter:
         self.spec = get_spec(model)
         if self.spec.family != "points":
             raise ValueError(f"{model} is a {self.spec.family} model, not a point-cloud model")
+        require_weights(model, checkpoint, weights, random_weights)  # no silent random predictions
         if voxel_size is not None and not voxel_size > 0:
             raise ValueError(f"--voxel-size must be a positive number of metres, got {voxel_size}")
         self.device = resolve_device(device)
         if checkpoint is not None:
             checkpoint = read_checkpoint(checkpoint)  # read once: metadata and weights come from it
         meta = read_checkpoint_meta(checkpoint) if checkpoint is not None else {}
-        self.model = create_model(model, pretrained=checkpoint).eval().to(self.device)
+        self.model = create_model(model, pretrained=checkpoint, weights=weights).eval().to(self.device)
         self.feature_keys = point_feature_keys(self.model)
         self.class_names = point_class_names(self.model, meta, checkpoint)
         trained, source = trained_voxel_size(self.model, meta)

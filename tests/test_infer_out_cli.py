@@ -50,7 +50,7 @@ def test_scans_sharing_a_file_name_each_get_a_labeled_ply_and_png(tmp_path, same
 
     out = tmp_path / "out"
     code, stdout, _ = infer(capsys, *map(str, same_named_scans), "--model", "point_transformer_tiny",
-                            "--device", "cpu", "--out", str(out), "--json")
+                            "--random-weights", "--device", "cpu", "--out", str(out), "--json")
     assert code == 0
     records = json.loads(stdout)["results"]
     assert [(r["labeled_ply"], r["png"]) for r in records] == [
@@ -65,7 +65,7 @@ def test_out_naming_an_existing_file_is_a_one_line_error(tmp_path, same_named_sc
     afile = tmp_path / "afile"
     afile.write_text("keep me\n")
     code, stdout, stderr = infer(capsys, str(same_named_scans[0]), "--model", "point_transformer_tiny",
-                                 "--out", str(afile))
+                                 "--random-weights", "--out", str(afile))
     assert (code, stdout, stderr) == (2, "", f"error: --out {afile} is not a directory\n")
     assert afile.read_text() == "keep me\n"
 
@@ -73,7 +73,7 @@ def test_out_naming_an_existing_file_is_a_one_line_error(tmp_path, same_named_sc
 @pytest.mark.parametrize("topk", ["0", "-1"])
 def test_topk_below_one_is_a_one_line_error(video_dir, capsys, topk):
     code, stdout, stderr = infer(capsys, str(video_dir / "rotated_90.mov"), "--model", "vivit_tiny",
-                                 "--views", "1x1", "--topk", topk)
+                                 "--random-weights", "--views", "1x1", "--topk", topk)
     assert (code, stdout, stderr) == (2, "", f"error: --topk must be an integer >= 1, got {topk}\n")
 
 

@@ -199,12 +199,13 @@ def test_test_sample_holds_every_temporal_and_spatial_view(synthetic):
 
 
 @pytest.mark.parametrize("num_crops", [1, 3])
-@pytest.mark.parametrize("geometry", ["slowfast", "mmaction2"])
+@pytest.mark.parametrize("geometry", ["slowfast", "mmaction2", "dmvr"])
 def test_resizing_at_decode_gives_the_same_test_views_to_the_pixel(video_dir, num_crops, geometry):
     """A dataset that has the reader resize frames to the test short side (as a cache of small
     frames does) hands the model exactly the views evaluation cuts from full-size frames, in the
     geometry of its test protocol: at a short side of 112 the 426x240 clip is 198 wide for
-    SlowFast and 199 for mmaction2."""
+    SlowFast and 199 for mmaction2. ("slowfast_decoder" has no full-size path to compare with:
+    its frames are resized at decode either way; the next test checks them against PyAV.)"""
     from spatiotemporal.data.kinetics import VideoRecord
 
     record = [VideoRecord("pancake", str(video_dir / "flipping_a_pancake.mkv"), "flipping pancake")]
@@ -218,6 +219,52 @@ def test_resizing_at_decode_gives_the_same_test_views_to_the_pixel(video_dir, nu
     assert views[None]["error"] == views[112]["error"] == ""
     assert views[None]["video"].shape == (2 * num_crops, 3, 8, 96, 96)
     assert torch.equal(views[112]["video"], views[None]["video"])
+
+
+@pytest.mark.parametrize("clip_name", ["flipping_a_pancake.mkv", "bt709.mp4"])
+def test_decoder_resized_test_views_are_swscale_area_frames_cropped(video_dir, tmp_path, clip_name):
+    """MViTv2's cached test set (decode_short_side at the test short side, "slowfast_decoder")
+    holds the frames torchvision's decoder makes for SlowFast, computed here on their own: PyAV's
+    swscale area resize of each decoded frame to round(w * 112 / h) x 112, in BT.601 with the
+    range the pixel format implies (torchvision sets no colourspace); then SlowFast's
+    `uniform_crop` (slowfast/datasets/transform.py: y = ceil((h - 96) / 2), x = 0, ceil((w - 96)
+    / 2) or w - 96), normalised. The generated clip is tagged BT.709, which must not matter."""
+    import math
+
+    import av
+
+    from spatiotemporal.data.kinetics import VideoRecord
+    from spatiotemporal.io.video import VideoReader
+    from tests import video_fixtures
+
+    if clip_name == "bt709.mp4":
+        path = video_fixtures.testsrc(tmp_path / clip_name, frames=40, size="240x176", fps=30,
+                                      extra=("-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709"))
+    else:
+        path = video_dir / clip_name
+    transform = ClipTransform(crop_size=96, test_short_side=112, num_crops=3, geometry="slowfast_decoder")
+    clip = ClipSampling(num_frames=8, stride=4, num_clips=2, anchor="slowfast_offset")
+    item = KineticsDataset([VideoRecord("v", str(path), "a")], ClassIndex(("a",)), mode="test", clip=clip,
+                           transform=transform, decode_short_side=112)[0]
+    assert item["error"] == ""
+
+    with VideoReader(path) as reader:
+        indices = clip.test_indices(reader)
+    with av.open(str(path)) as container:
+        decoded = [frame for _, frame in zip(range(int(indices.max()) + 1), container.decode(video=0))]
+    height, width = decoded[0].height, decoded[0].width
+    out_w, out_h = int(math.floor(width * 112 / height + 0.5)), 112  # landscape: util.cpp setFormatDimensions
+    colour_range = "JPEG" if decoded[0].format.name.startswith("yuvj") else "MPEG"
+    area = np.stack([frame.reformat(out_w, out_h, format="rgb24", interpolation="AREA", src_colorspace="ITU601",
+                                    src_color_range=colour_range).to_ndarray() for frame in decoded])
+    top = math.ceil((out_h - 96) / 2)
+    expected = torch.stack([
+        torch.from_numpy(area[view][:, top : top + 96, left : left + 96])
+        for view in indices for left in (0, math.ceil((out_w - 96) / 2), out_w - 96)
+    ])  # (views, T, H, W, C), clip-major as the dataset orders them
+    mean, std = torch.tensor(transform.mean), torch.tensor(transform.std)
+    normalised = ((expected.float() / 255 - mean) / std).permute(0, 4, 1, 2, 3)
+    torch.testing.assert_close(item["video"], normalised, rtol=0, atol=1e-6)
 
 
 def test_resizing_test_frames_at_decode_to_another_size_is_refused(video_dir):

@@ -22,8 +22,8 @@ PAPER_PROTOCOLS = {
 # name: (the frame rate videos are resampled to, how views are sized and cropped)
 PAPER_RATES_AND_GEOMETRY = {
     "timesformer_base": (30.0, "slowfast"),  # SlowFast's DATA.TARGET_FPS
-    "vivit_b_fe": (None, "slowfast"),
-    "mvitv2_s": (30.0, "slowfast"),
+    "vivit_b_fe": (None, "dmvr"),  # DMVR's resize_smallest: TensorFlow's bilinear, truncated
+    "mvitv2_s": (30.0, "slowfast_decoder"),  # SlowFast's torchvision decoder resizes (swscale area)
     "swin3d_t": (None, "mmaction2"),  # mmcv's Resize(scale=(-1, 224)) and mmaction2's ThreeCrop
 }
 

@@ -43,7 +43,7 @@ def test_a_mistyped_override_says_it_came_from_the_command_line(tmp_path):
     config = tmp_path / "job.yaml"
     config.write_text("job: video_inference\nmodel: vivit_tiny\n")
     with pytest.raises(ValueError, match=r"job\.yaml: unknown key 'wokers' \(given as wokers=2\) for job "
-                                         r"video_inference; accepted keys: address, batch_size, checkpoint, "):
+                                         r"video_inference; accepted keys: address, backend, batch_size, checkpoint, "):
         load_config(config, ["wokers=2"])
 
 

@@ -79,8 +79,8 @@ def test_joining_a_cluster_without_gpus_refuses_cuda_before_any_input_is_recorde
         current.unlink()
     try:
         run = subprocess.run([CLI, "pipeline", "video-inference", "--input", str(inputs), "--output",
-                              str(tmp_path / "out"), "--model", "vivit_tiny", "--device", "cuda", "--quiet",
-                              "--no-resume", "--address", address], capture_output=True, text=True, timeout=180)
+                              str(tmp_path / "out"), "--model", "vivit_tiny", "--random-weights", "--device", "cuda",
+                              "--quiet", "--no-resume", "--address", address], capture_output=True, text=True, timeout=180)
     finally:
         cluster.shutdown()
     assert run.returncode == 2

@@ -71,7 +71,8 @@ def assert_exactly_once(out: Path, expected: int) -> tuple:
 
 def run_job(videos: Path, out: Path, **kw):
     # Small shards, so the first written shard tells the tests the job is under way.
-    return video_inference.run(videos, out, model=MODEL, views="1x1", batch_size=2, shard_rows=4, progress=False, **kw)
+    return video_inference.run(videos, out, model=MODEL, random_weights=True, views="1x1", batch_size=2, shard_rows=4,
+                               progress=False, **kw)
 
 
 def wait_until(condition, timeout_s: float, interval_s: float = 0.1) -> bool:
@@ -93,7 +94,7 @@ def test_a_job_on_an_existing_cluster_runs_tasks_on_both_nodes(cluster, videos, 
     """`--address` joins the cluster rather than starting one; decoding spreads over its nodes."""
     code = subprocess.run(
         [str(ROOT / ".venv/bin/spatiotemporal"), "pipeline", "video-inference", "--input", str(videos),
-         "--output", str(tmp_path), "--model", MODEL, "--views", "1x1", "--workers", "2", "--batch-size", "2",
+         "--output", str(tmp_path), "--model", MODEL, "--random-weights", "--views", "1x1", "--workers", "2", "--batch-size", "2",
          "--address", cluster[0].address, "--quiet"],
         capture_output=True, text=True, timeout=400,
     )

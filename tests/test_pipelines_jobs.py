@@ -232,7 +232,8 @@ def test_point_inference_writes_submission_files_and_parquet(ray_cluster, scans,
     from spatiotemporal.data.scannet import NYU40_IDS
     from spatiotemporal.io.points import read_ply
 
-    summary = point_inference.run(scans, tmp_path, model="point_transformer_tiny", progress=False)
+    summary = point_inference.run(scans, tmp_path, model="point_transformer_tiny", random_weights=True,
+                                  progress=False)
     assert (summary.ok, summary.failed) == (1, 1)
     failures = read_table(tmp_path, "failures")
     assert list(failures["id"]) == ["broken.ply"] and failures["error"][0]
@@ -243,7 +244,8 @@ def test_point_inference_writes_submission_files_and_parquet(ray_cluster, scans,
     np.testing.assert_array_equal(submitted, row["labels"])
     assert row["label_kind"] == "nyu40" and set(np.unique(submitted)) <= set(NYU40_IDS)
     assert row["voxel_size"] == 0.02  # point_transformer_tiny records no grid: Pointcept's ScanNet 2 cm
-    again = point_inference.run(scans, tmp_path, model="point_transformer_tiny", progress=False)
+    again = point_inference.run(scans, tmp_path, model="point_transformer_tiny", random_weights=True,
+                                  progress=False)
     assert (again.ok, again.failed, again.skipped) == (0, 0, 2)
 
 
@@ -277,7 +279,8 @@ def test_point_inference_takes_scannet_scene_folders(ray_cluster, tmp_path):
     scenes = tmp_path / "scans"
     subprocess.run([sys.executable, "-m", "spatiotemporal.cli", "prepare", "synthetic-scannet", str(scenes),
                     "--scenes", "2", "--spacing", "0.15"], check=True, capture_output=True)
-    summary = point_inference.run(scenes, tmp_path / "out", model="point_transformer_tiny", progress=False)
+    summary = point_inference.run(scenes, tmp_path / "out", model="point_transformer_tiny", random_weights=True,
+                                  progress=False)
     assert (summary.ok, summary.failed) == (2, 0)
     for scene in ("scene0000_00", "scene0001_00"):
         submitted = np.loadtxt(tmp_path / "out" / "submission" / f"{scene}.txt", dtype=np.int64)

@@ -75,7 +75,7 @@ def test_scans_sharing_a_file_name_each_get_their_own_submission(ray_cluster, li
     (scans / "c").mkdir()
     np.savez(scans / "c" / "room.npz", **subsample(living_room, 110))
     out = tmp_path / "out"
-    summary = point_inference.run(scans, out, model=MODEL, progress=False)
+    summary = point_inference.run(scans, out, model=MODEL, random_weights=True, progress=False)
     assert (summary.ok, summary.failed) == (3, 0)
     assert sorted(p.name for p in (out / "submission").iterdir()) == ["a__room.txt", "b__room.txt", "c__room.txt"]
     rows = {row["id"]: row for row in read_table(out).to_dict("records")}
@@ -94,7 +94,7 @@ def test_a_prepared_root_gets_one_submission_per_scene_and_per_loose_scan(ray_cl
     write_preprocessed(root / "val" / "scene0001_00", subsample(living_room, 90))
     write_ply(root / "room.ply", subsample(living_room, 130))
     out = tmp_path / "out"
-    summary = point_inference.run(root, out, model=MODEL, progress=False)
+    summary = point_inference.run(root, out, model=MODEL, random_weights=True, progress=False)
     assert (summary.total, summary.ok, summary.failed) == (3, 3, 0)
     lines = {p.stem: len(np.loadtxt(p, dtype=np.int64)) for p in (out / "submission").iterdir()}
     n = len(living_room["coord"])

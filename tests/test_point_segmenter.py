@@ -84,12 +84,12 @@ def test_class_names_that_do_not_fit_the_head_are_a_checkpoint_error(tmp_path):
 
 
 def test_the_s3dis_head_is_not_given_scannet_names():
-    segmenter = PointSegmenter("stratified_transformer_s3dis", device="cpu")
+    segmenter = PointSegmenter("stratified_transformer_s3dis", device="cpu", random_weights=True)
     assert segmenter.class_names == tuple(f"class_{i}" for i in range(13))
 
 
 def test_voxel_size_defaults_to_the_model_configs_grid(capsys):
-    assert PointSegmenter("stratified_transformer_tiny", device="cpu").voxel_size == 0.04
+    assert PointSegmenter("stratified_transformer_tiny", device="cpu", random_weights=True).voxel_size == 0.04
     assert capsys.readouterr().err == ""
 
 
@@ -99,7 +99,7 @@ def test_voxel_size_defaults_to_the_grid_the_checkpoint_records(tmp_path):
 
 
 def test_voxel_size_falls_back_to_pointcepts_scannet_grid_when_nothing_records_one():
-    assert PointSegmenter("point_transformer_tiny", device="cpu").voxel_size == DEFAULT_VOXEL_SIZE == 0.02
+    assert PointSegmenter("point_transformer_tiny", device="cpu", random_weights=True).voxel_size == DEFAULT_VOXEL_SIZE == 0.02
 
 
 def test_a_voxel_size_other_than_the_trained_one_is_used_with_a_one_line_warning(tmp_path, capsys):
@@ -116,7 +116,7 @@ def test_a_voxel_size_other_than_the_trained_one_is_used_with_a_one_line_warning
 
 def test_a_voxel_size_that_is_not_positive_is_refused():
     with pytest.raises(ValueError, match="--voxel-size must be a positive number of metres, got 0.0"):
-        PointSegmenter("point_transformer_tiny", device="cpu", voxel_size=0.0)
+        PointSegmenter("point_transformer_tiny", device="cpu", voxel_size=0.0, random_weights=True)
 
 
 def test_the_segmenter_reads_its_checkpoint_once(tmp_path, monkeypatch):

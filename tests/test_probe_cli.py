@@ -54,6 +54,7 @@ def test_probe_json_carries_every_metadata_field(probe, video_dir):
         "codec": "h264",
         "has_audio": True,
         "frame_count_derived": False,
+        "backend": "pyav",
     }
 
 

@@ -1,11 +1,17 @@
-"""`spatiotemporal demo` re-runs: a demo run continues only from a checkpoint, and the demo lists
-where its reports and pictures are."""
+"""`spatiotemporal demo` re-runs: a demo run continues only from a checkpoint, data whose writing
+was interrupted is written again, each budget's batch inference is its own and is redone for another
+checkpoint, and the demo lists where its reports and pictures are."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from pathlib import Path
 
-from spatiotemporal.train.demo import prepare_demo_run, run_outputs
+import pytest
+
+from spatiotemporal.commands.demo import MADE_WITH_FILE, run_inference_stage
+from spatiotemporal.train.demo import QUICK, _points_data, prepare_demo_run, run_outputs
 
 
 def test_an_interrupted_first_demo_run_is_started_over(tmp_path):
@@ -37,3 +43,91 @@ def test_the_outputs_of_a_run_are_listed_reports_first(tmp_path):
     (tmp_path / "checkpoint_2026-01-01_00-00-00.000000").mkdir()
     names = [path.name for path in run_outputs(tmp_path)]
     assert names == ["eval_scannet.md", "scene0003_00_top_down.png", "curves.png", "submission", "metrics.jsonl"]
+
+
+class Interrupted(Exception):
+    """Stands for the demo being stopped (Ctrl-C, a killed machine) partway through writing its data."""
+
+
+def test_point_data_whose_writing_was_interrupted_is_written_again(tmp_path, monkeypatch):
+    import spatiotemporal.io.points as points
+
+    budget = dataclasses.replace(QUICK, train_rooms=1, val_rooms=2)
+    write_preprocessed, written = points.write_preprocessed, []
+
+    def interrupted_at_the_second_held_out_room(folder, cloud):
+        if len(written) == 2:
+            raise Interrupted
+        write_preprocessed(folder, cloud)
+        written.append(folder)
+
+    monkeypatch.setattr(points, "write_preprocessed", interrupted_at_the_second_held_out_room)
+    root = tmp_path / "synthetic_scannet_quick"
+    with pytest.raises(Interrupted):
+        _points_data(root, budget)
+    monkeypatch.undo()
+    assert not root.exists()
+    _points_data(root, budget)
+    assert sorted(p.name for p in (root / "train").iterdir()) == ["scene0000_00"]
+    assert sorted(p.name for p in (root / "val").iterdir()) == ["scene0000_00", "scene0001_00"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["synthetic_scannet_quick"]
+
+
+VIDEO_MODEL = "timesformer_tiny"
+
+
+@pytest.fixture(scope="module")
+def two_checkpoints(tmp_path_factory, tiny_kinetics) -> tuple[Path, Path]:
+    """Two model files of one tiny TimeSformer for tiny_kinetics's clips, as training writes them,
+    with different weights."""
+    import torch
+
+    from spatiotemporal.data.kinetics import read_kinetics_csv
+    from spatiotemporal.models import create_model
+
+    kwargs = {"num_frames": 4, "image_size": 32, "patch_size": 16, "embed_dim": 32, "depth": 1, "num_heads": 2}
+    classes = sorted({r.label for r in read_kinetics_csv(tiny_kinetics / "train.csv", tiny_kinetics)})
+    folder = tmp_path_factory.mktemp("checkpoints")
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = create_model(VIDEO_MODEL, num_classes=len(classes), **kwargs)
+        path = folder / f"seed{seed}" / "model.pt"
+        path.parent.mkdir()
+        torch.save({"model": model.state_dict(), "model_name": VIDEO_MODEL, "model_kwargs": kwargs, "class_names": classes,
+                    "clip": {"num_frames": 4, "frame_stride": 1, "crop_size": 32, "short_side": 32}}, path)  # fmt: skip
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def test_each_budget_predicts_into_its_own_folder(ray_cluster, tiny_kinetics, two_checkpoints, tmp_path):
+    """A quick demo and a learning one in one --out: the learning one resumes nothing of the quick one's."""
+    checkpoint, _ = two_checkpoints
+    quick, _ = run_inference_stage(tmp_path, "quick", tiny_kinetics, VIDEO_MODEL, checkpoint, shared=[])
+    learn, report = run_inference_stage(tmp_path, "learn", tiny_kinetics, VIDEO_MODEL, checkpoint, shared=[])
+    assert (quick.ok, quick.failed, quick.skipped) == (learn.ok, learn.failed, learn.skipped) == (4, 1, 0)
+    assert (quick.output, learn.output) == (str(tmp_path / "inference_quick"), str(tmp_path / "inference_learn"))
+    assert report[0].startswith("4 ok, 1 failed of 5 inputs; top-1 ")
+
+
+def test_predictions_made_with_another_checkpoint_are_made_again(ray_cluster, tiny_kinetics, two_checkpoints, tmp_path):
+    first, retrained = two_checkpoints
+    run_inference_stage(tmp_path, "learn", tiny_kinetics, VIDEO_MODEL, first, shared=[])
+    again, _ = run_inference_stage(tmp_path, "learn", tiny_kinetics, VIDEO_MODEL, retrained, shared=[])
+    assert (again.ok, again.failed, again.skipped) == (4, 1, 0)
+    made_with = json.loads((tmp_path / "inference_learn" / MADE_WITH_FILE).read_text())
+    assert made_with["checkpoint"] == str(retrained)
+
+
+def test_a_resumed_stage_reports_the_inputs_it_lists_and_no_others(
+    ray_cluster, tiny_kinetics, two_checkpoints, video_dir, tmp_path
+):
+    """The first run also had a real clip; the second, with the same checkpoint, resumes and lists
+    the held-out clips and the truncated one only."""
+    checkpoint, _ = two_checkpoints
+    run_inference_stage(tmp_path, "learn", tiny_kinetics, VIDEO_MODEL, checkpoint, shared=[video_dir / "flipping_a_pancake.mkv"])
+    resumed, report = run_inference_stage(tmp_path, "learn", tiny_kinetics, VIDEO_MODEL, checkpoint, shared=[])
+    assert (resumed.ok, resumed.failed, resumed.skipped) == (0, 0, 5)
+    assert report[0].startswith("4 ok, 1 failed of 5 inputs; top-1 ")
+    assert sum(int(kind.rsplit(" ", 1)[1]) for kind in report[1].removeprefix("predicted: ").split(", ")) == 4
+    assert len(report) == 3 and report[2].startswith("failed: truncated.mp4: ")

@@ -1,6 +1,7 @@
 """The runtime environment `fit` gives Ray: a local cluster runs without Train V2's cloud-only
 helpers and without the placement-group cleaner's warning a second; a joined cluster keeps Ray's
-defaults; whatever the caller set in the environment wins."""
+defaults for those; on both, libraries' INFO lines stay out of the forwarded output; whatever
+the caller set in the environment wins."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ import pytest
 from spatiotemporal.train.config import load_config
 from spatiotemporal.train.loop import fit
 from spatiotemporal.train.ray_env import (
+    AUTOSCALING_CLIENT_LOGGER,
     HEALTH_CHECK_INTERVAL,
     PLACEMENT_GROUP_CLEANER_LOGGER,
     PREEMPTION_WATCHER,
-    silence_placement_group_cleaner,
+    quiet_local_cluster_logs,
     train_runtime_env,
 )
 
@@ -31,11 +33,14 @@ def clean_environment(monkeypatch):
 def test_a_local_cluster_runs_without_the_preemption_watcher_and_with_the_quieting_hook(clean_environment):
     env = train_runtime_env(local_without_dashboard=True)
     assert env["env_vars"] == {HEALTH_CHECK_INTERVAL: "0.2", PREEMPTION_WATCHER: "0"}
-    assert env["worker_process_setup_hook"] == "spatiotemporal.train.ray_env.silence_placement_group_cleaner"
+    assert env["worker_process_setup_hook"] == "spatiotemporal.train.ray_env.quiet_local_cluster_logs"
 
 
 def test_a_joined_cluster_keeps_rays_defaults_but_the_health_check_interval(clean_environment):
-    assert train_runtime_env(local_without_dashboard=False) == {"env_vars": {HEALTH_CHECK_INTERVAL: "0.2"}}
+    assert train_runtime_env(local_without_dashboard=False) == {
+        "env_vars": {HEALTH_CHECK_INTERVAL: "0.2"},
+        "worker_process_setup_hook": "spatiotemporal.train.ray_env.quiet_worker_logs",
+    }
 
 
 def test_values_the_caller_set_win(clean_environment):
@@ -45,17 +50,25 @@ def test_values_the_caller_set_win(clean_environment):
     assert env["env_vars"] == {HEALTH_CHECK_INTERVAL: "1.5", PREEMPTION_WATCHER: "1"}
 
 
-def test_the_hook_silences_the_logger_that_rays_cleaner_warns_through():
+def test_the_hook_silences_the_loggers_that_rays_cleaner_and_autoscaling_client_warn_through():
+    from ray.train.v2._internal.execution import context
     from ray.train.v2._internal.execution.controller import placement_group_cleaner
+    from ray.train.v2._internal.execution.scaling_policy import autoscaling_coordinator_client
 
-    logger = logging.getLogger(PLACEMENT_GROUP_CLEANER_LOGGER)
-    before = logger.level
+    warning_only = [placement_group_cleaner.logger, autoscaling_coordinator_client.logger]
+    loggers = [*warning_only, context.logger]
+    before = [logger.level for logger in loggers]
     try:
-        silence_placement_group_cleaner()
-        assert placement_group_cleaner.logger is logger  # the name still matches Ray's module
-        assert not logger.isEnabledFor(logging.WARNING) and logger.isEnabledFor(logging.ERROR)
+        quiet_local_cluster_logs()
+        # The names still match Ray's modules.
+        assert [logger.name for logger in warning_only] == [PLACEMENT_GROUP_CLEANER_LOGGER, AUTOSCALING_CLIENT_LOGGER]
+        for logger in warning_only:
+            assert not logger.isEnabledFor(logging.WARNING) and logger.isEnabledFor(logging.ERROR)
+        # "Reporting training result", logged through a logger Ray names by its file's path.
+        assert not context.logger.isEnabledFor(logging.INFO) and context.logger.isEnabledFor(logging.WARNING)
     finally:
-        logger.setLevel(before)
+        for logger, level in zip(loggers, before):
+            logger.setLevel(level)
 
 
 def test_a_run_on_a_local_cluster_prints_no_cleaner_warnings(tiny_kinetics, tmp_path, capfd):
@@ -74,5 +87,5 @@ def test_a_run_on_a_local_cluster_prints_no_cleaner_warnings(tiny_kinetics, tmp_
     final = fit(config)
     out, err = capfd.readouterr()
     assert "top1" in final
-    assert "RayTrainWorker" in out + err  # the workers' output did reach this process
+    assert "train quiet: 100%" in err  # the run's progress bar, drawn from the workers' progress
     assert CLEANER_WARNING not in out + err

@@ -63,7 +63,7 @@ COCKATOO_WARMUP, COCKATOO_READS = 50, 500
 @pytest.mark.slow
 def test_default_reader_rss_stays_within_64_mib_over_500_random_cockatoo_clips(video_dir):
     """500 random 16x4 clips of the 720p sample (after 50 warm-up reads) through one open default
-    reader (decord is refused on this file, so PyAV serves them): RSS grows by at most 64 MiB."""
+    reader (PyAV): RSS grows by at most 64 MiB."""
     path = video_dir / "cockatoo.mp4"
     clips = random_clips(COCKATOO_WARMUP + COCKATOO_READS, 280, seed=2)
     with open_quietly(path) as reader:
@@ -98,7 +98,7 @@ DECORD_BOUND_MIB = 32.0
 def _decord_reads_with_pauses(path: Path) -> tuple[str, float, float]:
     """(backend, RSS growth, RSS the pauses added) over 25 paused reads after 5 warm-up reads."""
     pauses: list[float] = []
-    with VideoReader(path) as reader:
+    with VideoReader(path, backend="decord") as reader:
 
         def read_then_pause(indices: list[int]) -> None:
             assert reader.get_frames(indices).shape == (CLIP, 240, 426, 3)
@@ -112,9 +112,8 @@ def _decord_reads_with_pauses(path: Path) -> tuple[str, float, float]:
 
 
 def test_decord_reader_holds_nothing_between_reads(video_dir):
-    """25 random 16x4 clips of the pancake sample through one open default reader (decord serves
-    it), each followed by a 0.25 s pause as a training step would take: the pauses add at most
-    16 MiB of RSS all together, and RSS grows by at most 32 MiB after a 5-read warm-up. Without
+    """25 random 16x4 clips of the pancake sample through one open decord reader, each followed
+    by a 0.25 s pause as a training step would take: the pauses add at most 16 MiB of RSS all together, and RSS grows by at most 32 MiB after a 5-read warm-up. Without
     the rewind after each read, one pause alone adds up to 70 MiB on an idle machine.
 
     Measured in a fresh interpreter: in the suite's own process, hundreds of earlier tests leave
@@ -133,7 +132,7 @@ def test_sequential_sweep_keeps_decord_in_place_then_rewinds(video_dir, monkeypa
     """Chunks of a sweep follow one another, so decord is not rewound between them (that would
     decode each chunk again from its keyframe); the last chunk, and any single read, rewinds it."""
     path = video_dir / "flipping_a_pancake.mkv"
-    with VideoReader(path) as reader:
+    with VideoReader(path, backend="decord") as reader:
         decord_reader = reader._backend.reader
         seeks: list[int] = []
         original_seek = decord_reader.seek

@@ -147,12 +147,13 @@ def test_x264_stream_needing_the_encoder_sei_decodes_right_after_seeks(video_dir
     build's 4:4:4 bug only after reading x264's SEI in packet 0, so any decoder that seeks straight
     to the IDR frames at 76 or 145 returns garbage, silently. PyAV is told the build and seeks;
     torchcodec is only allowed to decode forward from frame 0; decord, which can be told neither,
-    is refused and "auto" falls back to PyAV."""
+    is refused. "auto" reads it with PyAV, its first choice, without a fallback."""
     path = video_dir / "cockatoo.mp4"
     with pytest.raises(VideoDecodeError, match="later keyframes do not decode on their own") as caught:
         VideoReader(path, backend="decord")
     assert caught.value.path == str(path)
-    with pytest.warns(RuntimeWarning, match="decoding with PyAV instead"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         reader = VideoReader(path)
     assert reader.backend == "pyav"
     indices = [150, 76, 77]
@@ -335,11 +336,18 @@ def test_target_fps_sampling_picks_the_frames_shown_at_those_times(tmp_path, suf
 # ---------------------------------------------------------------------------------------------
 
 
-def test_decord_timeout_falls_back_to_pyav(video_dir):
+def test_decord_timeout_under_auto_falls_back_to_the_next_backend(video_dir, monkeypatch):
+    """decord serves "auto" only after PyAV refused the file (here made to refuse); when decord
+    then does not answer in time, torchcodec, next in line, serves the same frames."""
     path = video_dir / "flipping_a_pancake.mkv"
-    with pytest.warns(RuntimeWarning, match="did not answer within"):
+
+    def pyav_refuses(reader):
+        raise RuntimeError("PyAV refused")
+
+    monkeypatch.setattr(VideoReader, "_pyav", pyav_refuses)
+    with pytest.warns(RuntimeWarning, match=r"decord failed \(decord did not answer within.*decoding with torchcodec instead"):
         reader = VideoReader(path, timeout_s=1e-6)
-    assert reader.backend == "pyav"
+    assert reader.backend == "torchcodec"
     assert torch.equal(reader.get_frames([0, 100]), ffmpeg_frames(path, [0, 100]))
 
 

@@ -13,6 +13,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gt", help="folder of <scene>.txt ground truth or raw <scene>_vh_clean_2.labels.ply")
     parser.add_argument("--config", help="training YAML config, to evaluate a model instead")
     parser.add_argument("--checkpoint", help="model weights for --config")
+    parser.add_argument("--weights", metavar="NAME",
+                        help="published weights from the catalogue for --config, instead of --checkpoint "
+                             "(`spatiotemporal weights list --model NAME`)")
     parser.add_argument("--data", help="preprocessed ScanNet folder (Pointcept layout) for --config")
     parser.add_argument("--split", default="val")
     parser.add_argument("--out", default=None, help="with a model: write submission files, report and PNG here")
@@ -33,19 +36,23 @@ def run(args: argparse.Namespace) -> int:
                 print("error: --pred and --gt go together")
                 return 2
             summary = evaluate_submission(args.pred, args.gt)
-        elif args.config and args.checkpoint and args.data:
+        elif args.config and (args.checkpoint or args.weights) and args.data:
             from spatiotemporal.train.config import load_config
-            from spatiotemporal.train.tasks import PointsTask, load_weights
+            from spatiotemporal.train.tasks import PointsTask, evaluation_config, load_weights
 
+            if args.checkpoint and args.weights:
+                print("error: give --checkpoint PATH or --weights NAME, not both")
+                return 2
             overrides = [f"data.root={args.data}", f"data.val_split={args.split}", f"eval.tta={str(args.tta).lower()}"]
-            config = load_config(args.config, overrides)
+            config = evaluation_config(load_config(args.config, overrides), args.weights)
             task = PointsTask(config)
-            model = task.build_model()
-            load_weights(model, args.checkpoint)
+            model = task.build_model()  # with --weights: the published weights, fetched into the cache once
+            if args.checkpoint:
+                load_weights(model, args.checkpoint)
             out = Path(args.out) if args.out else None
             summary = task.evaluate_summary(model, report_dir=out)
         else:
-            print("error: give --pred and --gt, or --config, --checkpoint and --data")
+            print("error: give --pred and --gt, or --config, --checkpoint (or --weights) and --data")
             return 2
     except (InputError, KeyError, ValueError, FileNotFoundError) as error:
         print(f"error: {error}")

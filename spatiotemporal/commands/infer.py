@@ -7,6 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from spatiotemporal.commands.weights import add_weights_arguments
 from spatiotemporal.precision import PRECISIONS
 
 HELP = "classify videos (top-k labels) or segment point clouds (.ply) with one model"
@@ -16,12 +17,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", metavar="PATH", help="videos, or point clouds (.ply/.npy/.pth/scene dirs)")
     parser.add_argument("--model", required=True, help="a registered model name (see `spatiotemporal models`)")
     parser.add_argument("--checkpoint", default=None, help="weights in any supported layout")
+    add_weights_arguments(parser)
     parser.add_argument("--views", default=None, help="video test views TxS, e.g. 4x3 (default: the model's protocol)")
     parser.add_argument("--topk", type=int, default=5)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--precision", default="auto", choices=PRECISIONS,
-                        help="videos: bf16 autocast or fp32 (default auto: bf16 where the device has native "
-                             "bf16, i.e. AMX/AVX512-BF16 CPUs and bf16 GPUs)")
+                        help="videos: bf16 autocast or fp32 (default auto: on a CPU, bf16 where a short probe, "
+                             "cached per machine and torch version, times it clearly faster than fp32 at the "
+                             "model's matmul shapes, SPATIOTEMPORAL_REPROBE=1 to measure again; on a GPU, bf16 "
+                             "where supported)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
     parser.add_argument("--out", default=None, help="folder for labeled PLYs and PNG renderings (point clouds)")
     parser.add_argument("--voxel-size", type=float, default=None,
@@ -32,11 +36,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "protocol (default 1: every point still gets its voxel's prediction)")
 
 
-def _video(args, paths, report, fail) -> None:
+def _video(args, paths, report, fail) -> dict:
+    """Classify the videos; returns the precision choice (and the probe's result) for --json."""
     from spatiotemporal.infer import VideoClassifier
 
     classifier = VideoClassifier(args.model, args.checkpoint, views=args.views, device=args.device,
-                                 precision=args.precision)
+                                 precision=args.precision, weights=args.weights,
+                                 random_weights=args.random_weights)
+    _say_if_random(args)
     for path in paths:
         try:
             prediction = classifier.predict(path, topk=args.topk)
@@ -49,6 +56,7 @@ def _video(args, paths, report, fail) -> None:
             print(path)
             for rank, (label, prob) in enumerate(zip(prediction.labels, prediction.probs), 1):
                 print(f"  {rank}. {label:<40s} {prob:.4f}")
+    return classifier.precision_choice.as_dict()
 
 
 def _points(args, paths, report, fail) -> None:
@@ -61,7 +69,9 @@ def _points(args, paths, report, fail) -> None:
     # Named over all inputs up front, so inputs sharing a file name never overwrite each other.
     stems = output_stems(paths)
     segmenter = PointSegmenter(args.model, args.checkpoint, device=args.device, voxel_size=args.voxel_size,
-                               max_fragments=args.max_fragments)
+                               max_fragments=args.max_fragments, weights=args.weights,
+                               random_weights=args.random_weights)
+    _say_if_random(args)
     for path, stem in zip(paths, stems):
         start = time.perf_counter()
         try:
@@ -117,15 +127,19 @@ def run(args: argparse.Namespace) -> int:
     from spatiotemporal.infer import check_topk
     from spatiotemporal.models.registry import get_spec
 
+    from spatiotemporal.weights import WeightsError, require_weights
+
     try:
         spec = get_spec(args.model)
         check_topk(args.topk)
+        random_note = require_weights(args.model, args.checkpoint, args.weights, args.random_weights)
     except KeyError as err:
         print(f"error: {err.args[0]}", file=sys.stderr)
         return 2
-    except ValueError as err:
+    except (ValueError, WeightsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    args.random_note = random_note  # printed once the model is built, above the predictions
     results: list[dict] = []
     failures: list[dict] = []
 
@@ -133,25 +147,38 @@ def run(args: argparse.Namespace) -> int:
         results.append(record)
 
     def fail(path: str, err: BaseException) -> None:
-        from spatiotemporal.io.errors import InputError
+        from spatiotemporal.io.errors import reason_line
 
-        reason = err.reason if isinstance(err, InputError) else f"{type(err).__name__}: {err}"
-        reason = " ".join(str(reason).split())
+        reason = reason_line(err)
         failures.append({"path": path, "error": reason})
         print(f"FAILED {path}: {reason}", file=sys.stderr, flush=True)
 
     from spatiotemporal.io.errors import CheckpointError
 
+    precision = None  # videos only: what --precision became, and why
     try:
         if spec.family == "points":
             _points(args, args.paths, report, fail)
         else:
-            _video(args, args.paths, report, fail)
-    except (CheckpointError, ValueError, RuntimeError) as err:
-        # Raised before any input ran: building the model (bad checkpoint, bad --views, no CUDA)
-        # or preparing --out.
+            precision = _video(args, args.paths, report, fail)
+    except (CheckpointError, ValueError, RuntimeError, WeightsError) as err:
+        # Raised before any input ran: building the model (bad checkpoint, weights that cannot be
+        # had, bad --views, no CUDA) or preparing --out.
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps({"model": args.model, "results": results, "failures": failures}, indent=2))
+        print(json.dumps({"model": args.model, "weights": _weights_label(args), "results": results,
+                          "failures": failures, **({"precision": precision} if precision else {})}, indent=2))
     return 1 if failures else 0
+
+
+def _say_if_random(args: argparse.Namespace) -> None:
+    if getattr(args, "random_note", "") and not args.json:  # JSON says it in its "weights" field
+        print(args.random_note, flush=True)
+
+
+def _weights_label(args: argparse.Namespace) -> str:
+    """What the model's weights are, for the JSON output: an entry, a file, or "random"."""
+    if args.weights:
+        return args.weights
+    return args.checkpoint if args.checkpoint else "random"

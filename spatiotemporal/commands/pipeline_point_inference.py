@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from pipelines.arguments import add_job_arguments, error_types, job_kwargs
+from spatiotemporal.commands.weights import add_weights_arguments
 
 HELP = "segment many PLYs / ScanNet scenes on Ray: submission txt + Parquet, resumable"
 
@@ -13,7 +14,8 @@ HELP = "segment many PLYs / ScanNet scenes on Ray: submission txt + Parquet, res
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_job_arguments(parser)
     parser.add_argument("--model", required=True)
-    parser.add_argument("--checkpoint", default=None)
+    parser.add_argument("--checkpoint", default=None, help="weights in any supported layout")
+    add_weights_arguments(parser)
     parser.add_argument("--voxel-size", type=float, default=None,
                         help="grid size in metres (default: the one the model was trained with)")
     parser.add_argument("--max-fragments", type=int, default=1, help="test fragments per scan to vote over (0 = all)")
@@ -27,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = point_inference.run(
             args.input, args.output, model=args.model, checkpoint=args.checkpoint, voxel_size=args.voxel_size,
+            weights=args.weights, random_weights=args.random_weights,
             max_fragments=args.max_fragments, workers=args.workers, device=args.device, **job_kwargs(args),
         )
     except error_types() as err:

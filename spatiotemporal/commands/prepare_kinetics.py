@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--annotations", nargs="*", default=None, help="annotation CSVs (default: SRC/*.csv)")
     parser.add_argument("--num-cpus", type=int, default=None, help="parallel ffmpeg processes (default: all CPUs)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per file (default 600)")
+    parser.add_argument("--address", default=None,
+                        help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray of --num-cpus CPUs); "
+                             "SRC and OUT must then be paths every node sees")
     parser.add_argument(
         "--retry-failed", action="store_true", help="try again the files OUT/failures.csv lists (default: keep them failed)"
     )
@@ -88,17 +91,13 @@ def run(args: argparse.Namespace) -> int:
     import csv
     import os
     import shutil
+    import sys
     from pathlib import Path
 
     import ray
     from tqdm import tqdm
 
-    from spatiotemporal.data.kinetics import (
-        CLASS_INDEX_FILE,
-        AnnotationError,
-        index_video_files,
-        read_kinetics_csv,
-    )
+    from spatiotemporal.cluster import ClusterJoinError, cluster_to_join, start_ray
 
     src, out = Path(args.src), Path(args.out)
     if not src.is_dir():
@@ -107,6 +106,19 @@ def run(args: argparse.Namespace) -> int:
     if shutil.which("ffmpeg") is None:
         print("error: ffmpeg is not installed (apt-get install ffmpeg)")
         return 2
+    try:
+        cluster_to_join(args.address)  # before OUT is made or anything is re-encoded
+    except ClusterJoinError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    # Imported after the checks: the data module loads torch, seconds on a busy machine.
+    from spatiotemporal.data.kinetics import (
+        CLASS_INDEX_FILE,
+        AnnotationError,
+        index_video_files,
+        read_kinetics_csv,
+    )
+
     out.mkdir(parents=True, exist_ok=True)
     sources = sorted(index_video_files(src).values())
     # Outputs are always .mp4: the stem (Kinetics' youtube_id_start_end) is what annotations use.
@@ -124,9 +136,8 @@ def run(args: argparse.Namespace) -> int:
         f"{len(failures)} failed before, {len(todo)} to re-encode"
     )
     if todo:
-        started_ray = not ray.is_initialized()
-        if started_ray:
-            ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+        started_ray = start_ray(args.address, local={"num_cpus": args.num_cpus, "include_dashboard": False},
+                                log_to_driver=False)
         try:
             task = ray.remote(num_cpus=1)(reencode)
             pending = {

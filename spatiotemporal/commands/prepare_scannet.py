@@ -26,7 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="folder with scannetv2_{train,val,test}.txt (default: RAW if it has them, else the official lists)",
     )
-    parser.add_argument("--workers", type=int, default=None, help="Ray CPUs (default: all)")
+    parser.add_argument("--workers", type=int, default=None, help="CPUs of the local Ray (default: all)")
+    parser.add_argument("--address", default=None,
+                        help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray of --workers CPUs); "
+                             "RAW and OUT must then be paths every node sees")
 
 
 # The official download puts train/val scenes in scans/ and the test scenes in scans_test/.
@@ -77,7 +80,7 @@ def process_scene(scene_dir: str, out_scene_dir: str) -> str | None:
     import shutil
 
     from spatiotemporal.data.scannet import preprocess_raw_scene
-    from spatiotemporal.io.errors import InputError
+    from spatiotemporal.io.errors import REASON_MAX_CHARS, InputError, one_line, reason_line
     from spatiotemporal.io.points import write_preprocessed
 
     final = Path(out_scene_dir)
@@ -89,9 +92,17 @@ def process_scene(scene_dir: str, out_scene_dir: str) -> str | None:
         os.replace(temporary, final)
         return None
     except InputError as error:
-        return error.reason if error.path == os.fspath(scene_dir) else f"{Path(error.path).name}: {error.reason}"
+        if error.path == os.fspath(scene_dir):
+            return error.reason
+        # Another file of the scene (its mesh, labels, segments), named first; the reason gives
+        # way to the name, so the line stays within REASON_MAX_CHARS. A name longer than half
+        # the line is left out (the row's scene and path columns still say where).
+        named = f"{Path(error.path).name}: "
+        if len(named) > REASON_MAX_CHARS // 2:
+            return error.reason
+        return named + one_line(error.reason, REASON_MAX_CHARS - len(named))
     except Exception as error:  # a job records every scene it could not finish and goes on
-        return f"{type(error).__name__}: {error}"
+        return reason_line(error)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
 
@@ -108,14 +119,21 @@ def write_failures(out: Path, failures: list[tuple[str, str, str]]) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
+    import sys
 
     import ray
     from tqdm import tqdm
 
+    from spatiotemporal.cluster import ClusterJoinError, cluster_to_join, start_ray
+
     raw, out = Path(args.raw), Path(args.out)
     if not raw.is_dir():
         raise SystemExit(f"{raw}: not a folder")
+    try:
+        cluster_to_join(args.address)  # before OUT is made or any scene is read
+    except ClusterJoinError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     out.mkdir(parents=True, exist_ok=True)
     splits = scene_splits(raw, Path(args.splits_from) if args.splits_from else None)
 
@@ -146,13 +164,9 @@ def run(args: argparse.Namespace) -> int:
         where = expected_scene_dir(raw, scene, splits[scene])
         failures.append((scene, str(where), f"listed in scannetv2_{splits[scene]}.txt but not found in {searched}"))
 
-    started_ray = not ray.is_initialized()
-    if started_ray and todo:
-        # Join a cluster only when asked to (RAY_ADDRESS); otherwise start a private one rather
-        # than attach to whatever cluster another job on this machine left running.
-        address = os.environ.get("RAY_ADDRESS") or "local"
-        cpus = None if address != "local" else args.workers
-        ray.init(address=address, num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    started_ray = bool(todo) and start_ray(
+        args.address, local={"num_cpus": args.workers, "include_dashboard": False}, log_to_driver=False
+    )
     try:
         task = ray.remote(num_cpus=1)(process_scene)
         pending = {task.remote(str(s), str(t)): s for s, t in todo}

@@ -1,4 +1,7 @@
-"""`spatiotemporal probe PATH... [--json]`: metadata per video, or the reason it cannot be read."""
+"""`spatiotemporal probe PATH... [--json]`: metadata per video, or the reason it cannot be read.
+
+JSON records also name the backend that read the file (`backend`): the one that served the default
+reader's ("auto") reads of the probe, after any fallback, from the same pass that checks the frames."""
 
 from __future__ import annotations
 
@@ -33,12 +36,13 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from spatiotemporal.io.errors import InputError
-    from spatiotemporal.io.video import probe_video
+    from spatiotemporal.io.video import probe_by_reading
 
     failed = 0
     for path in args.paths:
         try:
-            metadata = probe_video(path, check_decode=not args.quick)
+            metadata, backend = probe_by_reading(path, check_decode=not args.quick)
+
         except InputError as error:
             failed += 1
             if args.json:
@@ -47,5 +51,5 @@ def run(args: argparse.Namespace) -> int:
             else:
                 print(f"{error.path}: ERROR: {error.reason}", file=sys.stderr, flush=True)
             continue
-        print(json.dumps(metadata.as_dict()) if args.json else _text(metadata), flush=True)
+        print(json.dumps({**metadata.as_dict(), "backend": backend}) if args.json else _text(metadata), flush=True)
     return 1 if failed else 0

@@ -14,7 +14,8 @@ from collections.abc import Mapping
 
 import torch
 
-from spatiotemporal.io.errors import CheckpointError
+from spatiotemporal.io.errors import REASON_MAX_CHARS, CheckpointError, name_list, some_names
+from spatiotemporal.io.torch_files import NOT_A_TORCH_FILE, is_torch_file
 
 LAYOUT_MODULES = (
     "spatiotemporal.convert.torchvision",
@@ -66,8 +67,12 @@ def _read_object(path: str | os.PathLike, mmap: bool = False):
             from safetensors.torch import load_file
 
             obj = load_file(path)
+        elif not is_torch_file(path):
+            raise CheckpointError(path, f"cannot read checkpoint: {NOT_A_TORCH_FILE}")
         else:
             obj = load_torch_file(path, mmap=mmap)
+    except CheckpointError:
+        raise
     except Exception as err:  # noqa: BLE001 - any reader failure is an unreadable checkpoint
         raise CheckpointError(path, f"cannot read checkpoint: {err}") from err
     return obj
@@ -110,7 +115,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     while isinstance(obj, Mapping) and not any(torch.is_tensor(v) for v in obj.values()):
         inner = next((obj[k] for k in _WRAPPER_KEYS if k in obj and isinstance(obj[k], Mapping)), None)
         if inner is None:
-            raise CheckpointError(path, f"no state dict found; top-level keys: {sorted(obj)[:10]}")
+            start = "no state dict found; top-level keys: "
+            keys = some_names(sorted(map(str, obj)), REASON_MAX_CHARS - len(start))
+            raise CheckpointError(path, f"{start}{keys}")
         obj = inner
     if not isinstance(obj, Mapping):
         raise CheckpointError(path, f"expected a state dict, found {type(obj).__name__}")
@@ -140,8 +147,9 @@ def known_layout(state_dict: Mapping[str, torch.Tensor], arch: str, path: str = 
     """`detect_layout`, or a CheckpointError listing the first keys when no layout matches."""
     layout = detect_layout(state_dict, arch)
     if layout is None:
-        sample = ", ".join(list(state_dict)[:8])
-        raise CheckpointError(path, f"unknown checkpoint layout for a {arch} model (keys: {sample}, ...)")
+        start = f"unknown checkpoint layout for a {arch} model (keys: "
+        sample = some_names(list(state_dict), REASON_MAX_CHARS - len(start) - 1)
+        raise CheckpointError(path, f"{start}{sample})")
     return layout
 
 
@@ -170,16 +178,46 @@ class LoadReport(str):
         """Every key of the model was loaded, and every key of the checkpoint used."""
         return not (self.missing or self.unexpected or self.mismatched)
 
-    def describe(self) -> str:
-        """The keys left out, in one line: 'missing keys: ...; unexpected keys: ...; ...'."""
-        parts = []
-        for label, keys in (("missing", self.missing), ("unexpected", self.unexpected),
-                            ("shape mismatch", self.mismatched)):
-            if keys:
-                shown = ", ".join(keys[:20]) + (f", ... ({len(keys)} in all)" if len(keys) > 20 else "")
-                parts.append(f"{label} keys: {shown}")
-        parts.extend(f"{key}: {reason}" for key, reason in self.reasons.items())
-        return "; ".join(parts)
+    def describe(self, max_chars: int | None = None) -> str:
+        """The keys left out, in one line: 'missing keys: a, b, ... (33 in all); unexpected keys:
+        ...; shape mismatch keys: ...; key: why it could not be fitted'.
+
+        Each kind lists its first 20 keys, and every reason. Within `max_chars` (an error's reason,
+        which a user reads as one line) every kind still says how many keys it has, and as many
+        keys and reasons are named as fit: first one key of each kind, then reasons and further
+        keys in turn."""
+        groups = [(label, keys) for label, keys in (("missing", self.missing), ("unexpected", self.unexpected),
+                                                    ("shape mismatch", self.mismatched)) if keys]
+        reasons = [f"{key}: {reason}" for key, reason in self.reasons.items()]
+
+        def described(shown: list[int], explained: int) -> str:
+            parts = [f"{label} keys: {name_list(keys, count)}" for (label, keys), count in zip(groups, shown)]
+            parts += reasons[:explained]
+            if explained < len(reasons):
+                left_out = len(reasons) - explained
+                parts.append(f"{left_out} more reason{'s' if left_out > 1 else ''} left out")
+            return "; ".join(parts)
+
+        if max_chars is None:
+            return described([min(len(keys), 20) for _, keys in groups], len(reasons))
+        shown, explained = [0] * len(groups), 0
+
+        def widened(index: int) -> bool:
+            nonlocal shown
+            wider = shown[:index] + [shown[index] + 1] + shown[index + 1 :]
+            if shown[index] < len(groups[index][1]) and len(described(wider, explained)) <= max_chars:
+                shown = wider
+                return True
+            return False
+
+        for index in range(len(groups)):
+            widened(index)
+        grown = True
+        while grown:
+            grown = explained < len(reasons) and len(described(shown, explained + 1)) <= max_chars
+            explained += grown
+            grown = any([widened(index) for index in range(len(groups))]) or grown
+        return described(shown, explained)
 
 
 def checkpoint_source(checkpoint: Checkpoint, layout, arch: str) -> dict:
@@ -252,7 +290,7 @@ def load_pretrained(model: torch.nn.Module, path, strict: bool = True) -> LoadRe
     if not report.complete:
         message = f"{layout_name} checkpoint does not fit {arch}"
         if strict:
-            raise CheckpointError(path, f"{message}: {report.describe()}")
+            raise CheckpointError(path, f"{message}: {report.describe(REASON_MAX_CHARS - len(message) - 2)}")
         warnings.warn(f"{path}: {message}; loaded the rest (strict=False), left out {report.describe()}",
                       stacklevel=2)
     usable = {k: v for k, v in ours.items() if k in expected and k not in mismatched}

@@ -32,7 +32,8 @@ import torch
 from spatiotemporal.data import sampling
 from spatiotemporal.data.transforms import ClipTransform, normalize
 from spatiotemporal.io.errors import InputError
-from spatiotemporal.io.video import VideoReader
+from spatiotemporal.io.resize import resizes_in_decoder
+from spatiotemporal.io.video import VideoReader, stream_timing
 from spatiotemporal.meta import kinetics_class_names
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".3gp"})
@@ -294,9 +295,15 @@ class ClipSampling:
         if self.target_fps is not None:
             stamps = reader.frame_timestamps()
             return sampling.uniform_clips_at_fps(stamps, self.num_frames, self.stride, self.target_fps, self.num_clips)
-        fps = (reader.metadata.fps, self.anchor_fps) if self.anchor_fps is not None else None
+        video_fps = reader.metadata.fps
+        video_size = None
+        if self.anchor == "slowfast_offset":  # SlowFast's torchvision loader: the header's fps x duration
+            timing = stream_timing(reader.path)
+            video_size = sampling.torchvision_video_size(timing.duration_ticks, timing.time_base, timing.guessed_rate)
+            video_fps = sampling.torchvision_fps(timing.guessed_rate) or video_fps  # sizes the clip too
+        fps = (video_fps, self.anchor_fps) if self.anchor_fps is not None else None
         return sampling.uniform_clips(len(reader), self.num_frames, self.stride, self.num_clips, anchor=self.anchor,
-                                      fps=fps)
+                                      fps=fps, video_size=video_size)
 
 
 class KineticsDataset(torch.utils.data.Dataset):
@@ -443,14 +450,25 @@ class KineticsDataset(torch.utils.data.Dataset):
 
     def _load(self, index: int, rng: np.random.Generator) -> torch.Tensor:
         record = self.records[index]
-        with VideoReader(record.path, backend=self.backend, short_side=self.decode_short_side,
-                         geometry=self.transform.geometry) as reader:
+        with VideoReader(record.path, backend=self.backend, **self._reader_resize()) as reader:
             indices = self._frame_indices(reader, rng)
             frames = reader.get_frames(indices.reshape(-1))
         if self.mode == "train":
             return self.transform.train(frames, rng)
         views = self.transform.test_views(frames, self.clip.num_frames)  # (num_clips * num_crops, C, T, H, W)
         return normalize(views, self.transform.mean, self.transform.std)
+
+    def _reader_resize(self) -> dict:
+        """How the reader resizes: test frames as the protocol's loader (its geometry), which for a
+        decoder-side resize ("slowfast_decoder") means at decode even without a cache size; training
+        frames as the training transforms and the cached training set size them (SlowFast's)."""
+        if self.mode == "train":
+            return {"short_side": self.decode_short_side, "geometry": "slowfast"}
+        geometry = self.transform.geometry
+        short_side = self.decode_short_side
+        if resizes_in_decoder(geometry):
+            short_side = self.transform.test_short_side or self.transform.crop_size
+        return {"short_side": short_side, "geometry": geometry}
 
     def _empty_views(self) -> torch.Tensor:
         c, t = len(self.transform.mean), self.clip.num_frames

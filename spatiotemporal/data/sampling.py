@@ -29,6 +29,7 @@ reproduces that; a 30 fps video is unchanged, a 25 fps one spans 5/6 as many fra
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import numpy as np
@@ -177,10 +178,11 @@ def uniform_clip_starts(num_video_frames: int, span: int, num_clips: int, anchor
     if anchor == "slowfast":
         return np.floor(max(slack, 0) * i / num_clips).astype(np.int64)
     if anchor == "slowfast_offset":
+        # `math.floor(delta / ...)` as SlowFast writes it; delta is a float where the video size is.
         delta = max(slack, 0)
         if num_clips == 1:
-            return np.array([delta // 2], dtype=np.int64)
-        return np.arange(num_clips, dtype=np.int64) * (delta // (num_clips - 1))
+            return np.array([math.floor(delta / 2)], dtype=np.int64)
+        return np.arange(num_clips, dtype=np.int64) * math.floor(delta / (num_clips - 1))
     if anchor == "dmvr":
         # float32 as TensorFlow computes it, then the cast's truncation.
         return np.linspace(0.0, max(slack, 0), num_clips, dtype=np.float32).astype(np.int64)
@@ -196,8 +198,13 @@ def uniform_clips(
     anchor: Anchor = "mmaction2",
     pad: Padding | None = None,
     fps: tuple[float, float] | None = None,
+    video_size: float | None = None,
 ) -> np.ndarray:
     """All temporal test views: (num_clips, num_frames) indices, evenly spaced over the video.
+
+    `video_size`: the length the anchor places views within when it is not the frame count, as
+    SlowFast's torchvision loader takes `fps * duration` in floats (`torchvision_video_size`);
+    padding still goes by the frames there are.
 
     `pad` defaults to the anchor's own padding ("loop" for mmaction2 and DMVR, "repeat_last" for
     SlowFast). SlowFast places its frames with `linspace(start, start + span - 1, num_frames)`,
@@ -216,10 +223,44 @@ def uniform_clips(
             delta = max(num_video_frames - span, 0)
             starts = [delta * i / num_clips for i in range(num_clips)]
         else:
-            starts = [float(s) for s in uniform_clip_starts(num_video_frames, span, num_clips, anchor)]
+            length = num_video_frames if video_size is None else video_size
+            starts = [float(s) for s in uniform_clip_starts(length, span, num_clips, anchor)]
         return np.stack([_linspace_clip(s, span, num_frames, num_video_frames, pad) for s in starts])
     starts = uniform_clip_starts(num_video_frames, span, num_clips, anchor)
     return np.stack([clip_at(int(s), num_frames, stride, num_video_frames, pad) for s in starts])
+
+
+def torchvision_video_size(duration_ticks: int | None, time_base, guessed_rate) -> float | None:
+    """The video length SlowFast places test views within when it decodes with torchvision
+    (MViTv2's configs): the probe's fps times its duration, in floats, so a 124-frame 30 fps video
+    with time base 1/15360 is 123.99999999999999 frames long. None where the header declares no
+    duration or rate; SlowFast then decodes everything and counts the frames.
+
+    The arithmetic, from the sources:
+      * slowfast/datasets/decoder.py, `torchvision_decode`: `get_start_end_idx(video_meta["video_fps"]
+        * video_meta["video_duration"], ...)`;
+      * torchvision/io/_video_opt.py, `_fill_info`: `timebase = num / float(den)`, `video_duration =
+        float(duration) * timebase`, `video_fps = float(fps)`;
+      * torchvision/csrc/io/video_reader/video_reader.cpp, `probeVideo`: fps is stored in a float32
+        tensor, duration as the stream's ticks; decoder.cpp: fps = `av_guess_frame_rate`.
+    """
+    fps = torchvision_fps(guessed_rate)
+    if not duration_ticks or duration_ticks <= 0 or fps is None or time_base.denominator <= 0:
+        return None
+    duration = float(duration_ticks) * (time_base.numerator / float(time_base.denominator))
+    return fps * duration
+
+
+def torchvision_fps(guessed_rate) -> float | None:
+    """The frame rate SlowFast's torchvision loader works with: ffmpeg's guessed rate as
+    torchvision's probe stores it, in float32 (None where there is none). It sizes the video
+    (`torchvision_video_size`) and the clip alike: slowfast/datasets/decoder.py `torchvision_decode`
+    takes `fps = video_meta["video_fps"]` and `clip_size = sampling_rate * num_frames / target_fps
+    * fps`, and `decode` cuts the clip with the fps `torchvision_decode` returned, the same one.
+    A variable-rate video's average rate (`VideoMetadata.fps`) is another number."""
+    if not guessed_rate:
+        return None
+    return float(np.float32(float(guessed_rate)))
 
 
 def segment_indices(

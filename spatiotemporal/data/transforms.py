@@ -11,8 +11,9 @@ explicit `np.random.Generator`, so a dataset can make clips reproducible per (se
 
 Geometry follows SlowFast/pytorchvideo by default: bilinear resizing without antialiasing
 (`align_corners=False`), short sides scaled with the long side floored, centre offsets rounded up.
-Test views can instead be sized and placed as mmaction2 does (`geometry="mmaction2"`: long side
-rounded, offsets rounded down), for the models that were tested with it.
+Test views can instead be sized, resized and placed as another loader does (`geometry`, see
+`io.resize`: mmaction2's OpenCV resize and offsets rounded down, DMVR's truncated resize, SlowFast's
+decoder-side resize), for the models that were tested with it. Training scales keep SlowFast's.
 The resize itself is `io.resize.resize`, the one the reader uses when it resizes at decode.
 """
 
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 from einops import rearrange
 
-from spatiotemporal.io.resize import Geometry, resize, short_side_size
+from spatiotemporal.io.resize import Geometry, check_geometry, resize, short_side_size
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -88,7 +89,8 @@ def normalize(
 
 
 def short_side_scale(x: torch.Tensor, size: int, antialias: bool = False, geometry: Geometry = "slowfast") -> torch.Tensor:
-    return resize(x, short_side_size(x.shape[-2], x.shape[-1], size, geometry), antialias=antialias)
+    """Short side to `size`, long side and kernel as the geometry's loader resizes (`io.resize`)."""
+    return resize(x, short_side_size(x.shape[-2], x.shape[-1], size, geometry), antialias=antialias, geometry=geometry)
 
 
 def random_short_side_scale(
@@ -120,15 +122,14 @@ def uniform_crop(x: torch.Tensor, size: int, spatial_idx: int, geometry: Geometr
     """
     if spatial_idx not in (0, 1, 2):
         raise ValueError(f"spatial_idx must be 0, 1 or 2, got {spatial_idx}")
+    check_geometry(geometry)
     height, width = x.shape[-2:]
-    if geometry == "slowfast":
-        top, left = int(math.ceil((height - size) / 2)), int(math.ceil((width - size) / 2))
-        last_top, last_left = height - size, width - size
-    elif geometry == "mmaction2":
+    if geometry == "mmaction2":
         top, left = (height - size) // 2, (width - size) // 2
         last_top, last_left = 2 * top, 2 * left
-    else:
-        raise ValueError(f"unknown geometry {geometry!r}; expected 'slowfast' or 'mmaction2'")
+    else:  # SlowFast's placement, which the slowfast_decoder and dmvr protocols' crops also match
+        top, left = int(math.ceil((height - size) / 2)), int(math.ceil((width - size) / 2))
+        last_top, last_left = height - size, width - size
     if height > width:
         top = {0: 0, 1: top, 2: last_top}[spatial_idx]
     else:

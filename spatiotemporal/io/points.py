@@ -21,8 +21,11 @@ A point cloud in memory is a dict of numpy arrays:
   category of each instance id).
 
 Every reader validates what it returns and raises `PointCloudError(path, reason)` for unusable
-input: an unreadable file, missing vertex properties, NaN or inf coordinates, an empty cloud, or
-per-point arrays whose length does not match the vertex count.
+input: an unreadable file (a .pth that is not a torch file or that torch's safe loader cannot
+read, a binary PLY whose body holds more data than its header describes), missing vertex
+properties, NaN or inf coordinates, points that cannot all lie within `FLOAT32_MM_RANGE` of one
+origin (a stray return far from the scan; the reason names it), an empty cloud, or per-point
+arrays whose length does not match the vertex count.
 
 PLY files are parsed with plyfile rather than open3d: open3d drops ScanNet's ushort `label`
 property and, on a truncated file, silently returns the vertices it managed to read, while plyfile
@@ -33,12 +36,16 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from spatiotemporal.io.errors import PointCloudError
+from spatiotemporal.io.errors import REASON_MAX_CHARS, PointCloudError, some_names
+from spatiotemporal.io.torch_files import NOT_A_TORCH_FILE, is_torch_file, unsupported_pickle_reason
 
 PathLike = str | os.PathLike
 
@@ -71,12 +78,46 @@ _PER_POINT_INT_KEYS = ("nyu40", "label", "segment", "instance")
 # 8 um or better for a room-sized cloud. Whole metres, so that `origin` reads as round numbers.
 ORIGIN_STEP = 64.0
 
+# A coordinate held in float32 comes back within 1 mm of the file's (float32 rounds to half its
+# spacing, 2**-10 m = 0.98 mm below 2**15 m) only while it lies within this many metres of the
+# origin: 32,768 m, so a cloud may span 65 km. A cloud whose points cannot all be put that close
+# to one origin is refused, not rounded: one stray return (a lidar export's 0,0,0 for "no echo",
+# a point at 1e9 m) would otherwise put the bounding box's centre between it and the scan and
+# round every real point to decimetres, or carry extents no neighbour search survives.
+FLOAT32_MM_RANGE = 2.0**15
 
-def _origin_shift(coord: np.ndarray) -> np.ndarray:
+
+def _origin_shift(path: PathLike, coord: np.ndarray, origin: np.ndarray) -> np.ndarray:
     """(3,) float64: how far to move the origin so `coord` lies near it; zero when it already does
-    (so reading a cloud twice, or validating one a reader returned, moves nothing)."""
-    centre = (coord.min(0).astype(np.float64) + coord.max(0).astype(np.float64)) / 2
-    return np.where(np.abs(centre) > ORIGIN_STEP, ORIGIN_STEP * np.round(centre / ORIGIN_STEP), 0.0)
+    (so reading a cloud twice, or validating one a reader returned, moves nothing).
+
+    The bounding box's centre is the origin that admits the widest clouds; when even it leaves a
+    point farther than `FLOAT32_MM_RANGE`, the cloud is refused, naming the point farthest from
+    the cloud's median (which a few stray points cannot move) and its position in the file.
+    """
+    lo, hi = coord.min(0).astype(np.float64), coord.max(0).astype(np.float64)
+    centre = lo / 2 + hi / 2  # not (lo + hi) / 2, which overflows for coordinates near 1e308
+    shift = np.where(np.abs(centre) > ORIGIN_STEP, ORIGIN_STEP * np.round(centre / ORIGIN_STEP), 0.0)
+    if max(np.abs(hi - shift).max(), np.abs(lo - shift).max()) > FLOAT32_MM_RANGE:
+        raise PointCloudError(path, _stray_point_reason(coord.astype(np.float64), origin))
+    return shift
+
+
+def _stray_point_reason(coord: np.ndarray, origin: np.ndarray) -> str:
+    median = np.median(coord, axis=0)
+    distance = np.abs(coord - median).max(1)  # per axis, as float32 holds each axis on its own
+    index = int(np.argmax(distance))
+
+    def position(xyz: np.ndarray) -> str:
+        return "(" + ", ".join(f"{v:.10g}" for v in xyz) + ")"
+
+    far = distance[index]
+    far_text = f"{far:,.0f}" if far < 1e12 else f"{far:.3g}"
+    return (
+        f"point {index} at {position(origin + coord[index])} lies {far_text} m from the"
+        f" median point {position(origin + median)}; float32 coordinates keep 1 mm only within"
+        f" {FLOAT32_MM_RANGE:,.0f} m of one origin: drop the stray point or split the cloud"
+    )
 
 
 def validate_cloud(path: PathLike, cloud: dict) -> dict:
@@ -103,7 +144,7 @@ def validate_cloud(path: PathLike, cloud: dict) -> dict:
     origin = np.asarray(cloud.get("origin", np.zeros(3)), dtype=np.float64)
     if origin.shape != (3,) or not np.isfinite(origin).all():
         raise PointCloudError(path, f"'origin' must be 3 finite numbers, got {origin!r}")
-    shift = _origin_shift(coord)
+    shift = _origin_shift(path, coord, origin)
     if shift.any():
         coord = coord.astype(np.float64) - shift
         origin = origin + shift
@@ -135,16 +176,70 @@ def _read_ply_vertices(path: PathLike):
     import plyfile
 
     try:
-        ply = plyfile.PlyData.read(os.fspath(path))
+        with open(os.fspath(path), "rb") as stream:
+            ply = plyfile.PlyData.read(stream)
+            # An ascii body is read through a text wrapper that closes the file: not checked.
+            excess = 0 if ply.text else _unread_data(stream, ply)
     except FileNotFoundError:
         raise PointCloudError(path, "file does not exist") from None
     except (plyfile.PlyParseError, ValueError, OSError, UnicodeDecodeError) as error:
         raise PointCloudError(path, f"unreadable PLY: {error}") from error
+    if excess:
+        raise PointCloudError(path, _body_mismatch_reason(ply, excess))
     names = [element.name for element in ply.elements]
     if "vertex" not in names:
         raise PointCloudError(path, f"PLY has no 'vertex' element (elements: {names})")
     vertex = ply["vertex"]
     return ply, vertex, {prop.name for prop in vertex.properties}
+
+
+# Bytes a writer pads a file with: NUL (to a block or sector) and whitespace (a final line break).
+_PADDING_BYTES = b"\0 \t\r\n\x0b\x0c"
+
+
+def _row_bytes(element) -> int:
+    """Bytes one row of a binary PLY element takes at least (a list property's count, no items)."""
+    return sum(np.dtype(getattr(p, "len_dtype", p.val_dtype)).itemsize for p in element.properties)
+
+
+def _unread_data(stream, ply) -> int:
+    """How many bytes follow the binary body plyfile read (from `stream`, left just past it), when
+    they are data the header does not describe; 0 when they are only padding.
+
+    plyfile reads what the header describes and ignores the rest, so a body written with other
+    types or counts than the header declares (float declared, double written) reads as garbage.
+    Such a body overruns by what every row grew by, times the rows: at least one vertex row for
+    any cloud of more points than a row has bytes. Bytes after the body are therefore refused
+    only when there are at least a vertex row's worth and not all of them are padding (NUL or
+    whitespace, as writers append to fill a block or end a file): fewer cannot hold a point the
+    header left out, and padding holds none.
+    """
+    excess = os.fstat(stream.fileno()).st_size - stream.tell()
+    vertex = next((e for e in ply.elements if e.name == "vertex"), None)
+    row = _row_bytes(vertex) if vertex is not None else min((_row_bytes(e) for e in ply.elements), default=1)
+    if excess < max(row, 1):
+        return 0
+    while chunk := stream.read(1 << 20):
+        if chunk.strip(_PADDING_BYTES):  # a byte that is not padding, anywhere in the chunk
+            return excess
+    return 0
+
+
+def _body_mismatch_reason(ply, excess: int) -> str:
+    def described(element) -> str:
+        fixed = all(not hasattr(p, "len_dtype") for p in element.properties)
+        least = "" if fixed else "at least "
+        row = _row_bytes(element)
+        return f"{element.name}: {element.count:,} rows of {least}{row} byte{'' if row == 1 else 's'}"
+
+    start = f"binary PLY body is {excess:,} bytes longer than its header describes ("
+    end = (
+        "): it was written with other property types or counts than the header declares"
+        " (e.g. double written, float declared)"
+    )
+    # Element names are the file's own text: listed as far as the line holds them.
+    elements = some_names([described(e) for e in ply.elements], REASON_MAX_CHARS - len(start) - len(end))
+    return f"{start}{elements}{end}"
 
 
 def _stack(vertex, names: tuple[str, ...], dtype) -> np.ndarray:
@@ -326,10 +421,28 @@ def read_pth(path: PathLike) -> dict:
     safe: list = [reconstruct, (reconstruct, "numpy.core.multiarray._reconstruct"), np.ndarray, np.dtype]
     safe += [type(np.dtype(t)) for t in ("f4", "f8", "i8", "i4", "i2", "u1", "u2", "b1")]
     try:
-        with torch.serialization.safe_globals(safe):
+        if not is_torch_file(path):
+            raise PointCloudError(path, f"unreadable .pth scene: {NOT_A_TORCH_FILE}")
+        with torch.serialization.safe_globals(safe), warnings.catch_warnings():
+            # Protocol 3 reads (with a warning on stderr, advice to torch's developers); the
+            # protocols it does not read are refused below with what to do.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             data = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise PointCloudError(path, "file does not exist") from None
+    except pickle.UnpicklingError as error:
+        # torch's weights_only refusal: pages of advice, ending in the unsafe weights_only=False.
+        unsupported = unsupported_pickle_reason(path, str(error))
+        if unsupported is not None:
+            raise PointCloudError(path, f"unreadable .pth scene: {unsupported}") from None
+        found = re.search(r"GLOBAL (\S+)", str(error))
+        what = f"a {found.group(1)} object" if found else "an object that is not an array"
+        raise PointCloudError(
+            path, f"unreadable .pth scene: it holds {what}, and a scene may hold only arrays,"
+            " tensors and plain containers (other objects are not unpickled: that could run code)"
+        ) from None
+    except PointCloudError:
+        raise
     except Exception as error:  # torch raises many types for a corrupt or foreign file
         raise PointCloudError(path, f"unreadable .pth scene: {error}") from error
     if isinstance(data, dict):

@@ -1,4 +1,4 @@
-"""One video reader over three decoders (decord, PyAV, torchcodec) that all return the same frames.
+"""One video reader over three decoders (PyAV, decord, torchcodec) that all return the same frames.
 
 Frames come out as uint8 tensors shaped (T, H, W, C), in display orientation (rotation metadata
 applied) and optionally resized so the short side has a given length.
@@ -11,7 +11,9 @@ Why the work is split the way it is:
   is bit-identical across the three libraries. Resizing is not: each library carries a different
   swscale build and flags. So resizing happens once, here, in torch, after decode, by `io.resize`:
   the library's only resize, which the video transforms call too, so frames resized at decode
-  (to cache them small) equal what the test transform makes of full-size frames.
+  (to cache them small) equal what the test transform makes of full-size frames. The one
+  exception copies a loader whose decoder resizes (SlowFast's torchvision one, geometry
+  "slowfast_decoder"): PyAV's swscale call converts and resizes in one pass, always with PyAV.
 - Raw elementary streams carry no timestamps; their frames are timed by the rate the bitstream
   declares (frame i at i / fps), never by packet ordinals.
 - decord and torchcodec rotate by themselves; PyAV does not, so its frames are rotated here.
@@ -22,7 +24,9 @@ Why the work is split the way it is:
   reading x264's SEI in the first packet (`_decoder_options`).
 - decord leaks memory across `get_batch` calls unless the reader is rewound (`seek(0)`) right
   after each, and it can hang on some files, so every decord call runs under a per-file timeout
-  in a daemon thread; on timeout or error the reader falls back to PyAV (backend "auto") or raises.
+  in a daemon thread; on timeout or error the reader falls back to the next backend (backend
+  "auto") or raises. PyAV reads keep the same timeout by checking the clock between frames.
+
   A call abandoned on timeout keeps running, so its native decoder is freed only once it returns.
 - Some inputs cannot seek at all (raw elementary streams such as .h264): reading from the start
   opens the file again instead of seeking to 0, and decord (which always seeks) is refused.
@@ -36,6 +40,7 @@ import json
 import os
 import re
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -48,9 +53,20 @@ import torch
 from av.video.reformatter import VideoReformatter
 
 from spatiotemporal.io.errors import VideoDecodeError
-from spatiotemporal.io.resize import Geometry, resize_short_side
+from spatiotemporal.io.resize import Geometry, check_geometry, resize_short_side, resizes_in_decoder, short_side_size
 
 BACKENDS = ("auto", "decord", "pyav", "torchcodec")
+
+# The order "auto" tries the decoders in: a later one serves only a file that every one before it
+# refused, failed on or hung on. Measured, not habit (benchmarks/bench_decode.py; BENCHMARKS.md,
+# decode sections): PyAV is the fastest on random 16x4 clips of every file there, on AMD EPYC and
+# Intel Xeon, and on single-frame seeks and sequential sweeps; decord refuses the HEVC and the
+# old-x264 files outright. The one pattern where decord led (16 frames spread over a 10 s GOP at
+# 1080p, 1.1-1.3x, on a loaded machine) is a read, not a file, and too noisy to found a per-file
+# rule on. PyAV is also the decoder the probe itself uses and the one that can be told the x264
+# build (`_decoder_options`), so it reads every file the others read. decord comes next: faster
+# than torchcodec on random clips.
+AUTO_ORDER = ("pyav", "decord", "torchcodec")
 
 # Frames per step in whole-video reads: bounds the full-resolution copies alive at once.
 _CHUNK = 32
@@ -350,12 +366,33 @@ def probe_video(path: str | os.PathLike, check_decode: bool = False) -> VideoMet
     """Metadata of a video; raises VideoDecodeError (naming path and reason) when it is unusable.
 
     By default only the container and the first frame are read. `check_decode` decodes every
-    frame, which is what it takes to find damage in the middle of a stream.
+    frame, which is what it takes to find damage in the middle of a stream (`probe_by_reading`).
     """
-    metadata = _probe(os.fspath(path))[0]
     if check_decode:
-        _check_every_frame_decodes(metadata)
-    return metadata
+        return probe_by_reading(path, check_decode=True)[0]
+    return _probe(os.fspath(path))[0]
+
+
+@dataclass(frozen=True)
+class StreamTiming:
+    """What a video stream's header declares about its timing, as ffmpeg reports it."""
+
+    duration_ticks: int | None  # the stream's declared duration in `time_base` units; None: none declared
+    time_base: Fraction
+    guessed_rate: Fraction | None  # ffmpeg's `av_guess_frame_rate`, what torchvision's probe reports
+
+
+def stream_timing(path: str | os.PathLike) -> StreamTiming:
+    """The header's timing of the video stream (no frame is decoded): what a loader that places
+    clips by the declared duration, such as SlowFast's torchvision one, places them with."""
+    path = os.fspath(path)
+    container = _open_container(path)
+    try:
+        stream = _video_stream(container, path)
+        ticks = int(stream.duration) if stream.duration else None
+        return StreamTiming(ticks, stream.time_base, stream.guessed_rate or None)
+    finally:
+        container.close()
 
 
 def decoder_threads() -> int:
@@ -366,26 +403,6 @@ def decoder_threads() -> int:
     oversubscribe them. Elsewhere torch's count is the core count, as ffmpeg's own default.
     """
     return max(1, torch.get_num_threads())
-
-
-def _check_every_frame_decodes(metadata: VideoMetadata) -> None:
-    count = 0
-    with av.open(metadata.path, metadata_errors="ignore") as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        stream.thread_count = decoder_threads()
-        try:
-            for _ in container.decode(stream):
-                count += 1
-        except av.error.FFmpegError as error:
-            # Frame threading loses frames in flight; recount in order for a stable answer.
-            raise VideoDecodeError(
-                metadata.path, f"decoding failed ({_ffmpeg_reason(error)})", _count_decodable(metadata.path)
-            )
-    if count < metadata.num_frames:
-        raise VideoDecodeError(
-            metadata.path, f"only {count} of {metadata.num_frames} frames decode", decoded_frames=count
-        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -663,21 +680,69 @@ class _RGBConverter:
     frees it with the frame; on 720p that costs a fifth of the conversion itself. The flags are
     to_ndarray's (bilinear, no resize), so the pixels are the same. One thread: the decoder's
     frame threads already keep the other cores busy while this thread converts.
+
+    The plain conversion follows the frame's colour tags (a BT.709 stream converts with BT.709),
+    as decord, torchcodec and the ffmpeg CLI do (tests/test_video_reader.py compares all three
+    with ffmpeg): every protocol but the one below and every training set take those pixels.
+
+    With `short_side`, the same call also resizes, as torchvision's video reader does for SlowFast
+    (the "slowfast_decoder" geometry): one swscale pass from the decoded pixel format to rgb24
+    with the area filter, at the size `short_side_size` gives that geometry, and in that reader's
+    colours. torchvision/csrc/io/decoder/video_sampler.cpp calls `sws_getContext` and `sws_scale`
+    without `sws_setColorspaceDetails`, so swscale keeps its defaults whatever the tags: BT.601
+    coefficients, full range for the yuvj* and grey formats (its `handle_jpeg`), limited for the rest.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, short_side: int | None = None) -> None:
         self._reformatter = VideoReformatter()
+        self._short_side = short_side
 
     def __call__(self, frame: av.VideoFrame) -> np.ndarray:
-        return self._reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray()
+        if self._short_side is None:
+            return self._reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray()
+        height, width = short_side_size(frame.height, frame.width, self._short_side, "slowfast_decoder")
+        return self._reformatter.reformat(
+            frame, width, height, format="rgb24", interpolation="AREA", threads=1,
+            src_colorspace="ITU601", src_color_range=_swscale_default_range(frame.format.name),
+        ).to_ndarray()
+
+
+def _stored_size(metadata: VideoMetadata) -> tuple[int, int]:
+    """Width and height of the decoded pictures, before the rotation applied for display."""
+    if metadata.rotation in (90, 270):
+        return metadata.height, metadata.width
+    return metadata.width, metadata.height
+
+
+def _check_frame_size(path: str, frame: av.VideoFrame, frame_index: int, stored_size: tuple[int, int]) -> None:
+    """A stream whose resolution changes mid-way (segments of different sizes joined) has no one
+    (T, H, W, C) shape: name the frame and both sizes rather than fail to stack them."""
+    if (frame.width, frame.height) != stored_size:
+        raise VideoDecodeError(
+            path,
+            f"frame size changes mid-stream: frame {frame_index} is {frame.width}x{frame.height}, "
+            f"the stream declares {stored_size[0]}x{stored_size[1]}",
+        )
+
+
+def _swscale_default_range(pixel_format: str) -> str:
+    """The range swscale assumes for a source it is told nothing about (libswscale/utils.c
+    `handle_jpeg`): full ("JPEG") for the yuvj* and grey formats, limited ("MPEG") for the rest."""
+    return "JPEG" if pixel_format.startswith(("yuvj", "gray", "ya")) else "MPEG"
 
 
 class _FrameBatch:
     """The kept frames, converted as they come straight into one (T, H, W, C) array, so a read
-    holds each full-resolution picture once (no list of frames to stack afterwards)."""
+    holds each full-resolution picture once (no list of frames to stack afterwards).
 
-    def __init__(self, count: int, to_rgb: _RGBConverter):
-        self._count = count
+    `indices` are the frames it holds, in order; every one must have the size the stream
+    declares (`stored_size`, width and height before rotation), as one array needs."""
+
+    def __init__(self, path: str, indices: np.ndarray, stored_size: tuple[int, int], to_rgb: _RGBConverter):
+        self._path = path
+        self._indices = indices
+        self._count = len(indices)
+        self._stored_size = stored_size
         self._to_rgb = to_rgb
         self._filled = 0
         self._array: np.ndarray | None = None
@@ -686,6 +751,7 @@ class _FrameBatch:
         return self._filled
 
     def append(self, frame: av.VideoFrame) -> None:
+        _check_frame_size(self._path, frame, int(self._indices[self._filled]), self._stored_size)
         rgb = self._to_rgb(frame)
         if self._array is None:
             self._array = np.empty((self._count, *rgb.shape), dtype=np.uint8)
@@ -706,12 +772,18 @@ class _PyAVBackend:
     name = "pyav"
     rotates = False
 
-    def __init__(self, path: str, metadata: VideoMetadata, index: _FrameIndex, seekable: bool):
+    def __init__(self, path: str, metadata: VideoMetadata, index: _FrameIndex, seekable: bool,
+                 short_side: int | None = None, timeout_s: float | None = None):
         self.path = path
         self.index = index
         self.seek_points = index.seek_points(seekable)
+        self._stored_size = _stored_size(metadata)
+        # PyAV decodes in this thread and hands back every frame, so a read is bounded by checking
+        # the clock between frames: no thread to abandon, nothing left running after a timeout.
+        self.timeout_s = timeout_s
+        self._deadline: float | None = None
         self._open()
-        self._to_rgb = _RGBConverter()
+        self._to_rgb = _RGBConverter(short_side)  # short_side: resize in the conversion (decode-time area)
         self._decoded = None  # the live frame iterator, positioned after `self._last`
         self._last: int | None = None
 
@@ -729,16 +801,26 @@ class _PyAVBackend:
         self._open()
 
     def decode(self, indices: np.ndarray, more_follow: bool = False) -> torch.Tensor:
-        frames = self._decode_by_pts(indices) if self.index.has_all_pts else None
-        if frames is None:
-            frames = self._decode_in_order(indices)
+        self._deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
+        try:
+            frames = self._decode_by_pts(indices) if self.index.has_all_pts else None
+            if frames is None:
+                frames = self._decode_in_order(indices)
+        except BaseException:
+            self._decoded, self._last = None, None  # the frame iterator died with the read
+            raise
         return torch.from_numpy(frames.array)
 
     def _frames(self):
-        """Decoded frames; ffmpeg errors become VideoDecodeError with how far the file decodes."""
+        """Decoded frames; ffmpeg errors become VideoDecodeError with how far the file decodes,
+        and a read that runs past its deadline a VideoDecodeError saying so."""
         try:
-            yield from self.container.decode(self.stream)
+            for frame in self.container.decode(self.stream):
+                if self._deadline is not None and time.monotonic() > self._deadline:
+                    raise VideoDecodeError(self.path, f"pyav: timed out after {self.timeout_s:g} s")
+                yield frame
         except av.error.FFmpegError as error:
+
             raise VideoDecodeError(
                 self.path, f"decoding failed ({_ffmpeg_reason(error)})", _count_decodable(self.path)
             )
@@ -749,7 +831,7 @@ class _PyAVBackend:
     def _decode_by_pts(self, indices: np.ndarray) -> _FrameBatch | None:
         pts = self.index.pts
         wanted = pts[indices]
-        found = _FrameBatch(len(wanted), self._to_rgb)
+        found = _FrameBatch(self.path, indices, self._stored_size, self._to_rgb)
         while len(found) < len(wanted):
             target = int(wanted[len(found)])
             start = self._seek_point(target)
@@ -787,7 +869,8 @@ class _PyAVBackend:
     def _decode_in_order(self, indices: np.ndarray) -> _FrameBatch:
         self._reopen()
         wanted = set(indices.tolist())  # sorted and unique, so frames arrive in slot order
-        out = _FrameBatch(len(indices), self._to_rgb)
+        out = _FrameBatch(self.path, indices, self._stored_size, self._to_rgb)
+
         last = int(indices[-1])
         count = -1
         for count, frame in enumerate(self._frames()):
@@ -797,9 +880,23 @@ class _PyAVBackend:
                 return out
         raise VideoDecodeError(self.path, f"the stream ends before frame {last}", count + 1)
 
+    def check_every_frame_decodes(self, num_frames: int) -> None:
+        """Decode (without converting) every frame from the start, each of the stream's size."""
+        self._deadline = None  # a whole-file check is not one read
+        self._reopen()
+        count = 0
+        try:
+            for count, frame in enumerate(self._frames(), start=1):
+                _check_frame_size(self.path, frame, count - 1, self._stored_size)
+        finally:
+            self._decoded, self._last = None, None
+        if count < num_frames:
+            raise VideoDecodeError(self.path, f"only {count} of {num_frames} frames decode", decoded_frames=count)
+
     def close(self) -> None:
         self._decoded = None
         self.container.close()
+
 
 
 # --------------------------------------------------------------------------------------------
@@ -810,10 +907,18 @@ class _PyAVBackend:
 class VideoReader:
     """Random access to the frames of one video file.
 
-    backend: "auto" (decord, falling back to PyAV when decord fails or hangs on the file),
-    "decord", "pyav" or "torchcodec". `short_side` resizes frames after decode, sized by
-    `geometry` as the test views they feed will be. `timeout_s` bounds every decord call on the file.
+    backend: "auto" (PyAV, then the rest of `AUTO_ORDER` for a file the ones before it refuse,
+    fail or hang on), "decord", "pyav" or "torchcodec"; `backend` says which one serves. `short_side` resizes frames after decode, sized and resized
+    by `geometry` as the test views they feed will be; the "slowfast_decoder" geometry resizes
+    inside the conversion from the decoded frame instead, which only PyAV's swscale call exposes,
+    so such a reader decodes with PyAV whatever `backend` says. `timeout_s` bounds every PyAV
+    read (each `get_frames`, each chunk of a sweep; the clock is checked between decoded frames,
+    and a late read raises VideoDecodeError) and every decord call (run in a thread that is
+    abandoned when late; under "auto" the next backend then serves, since decord's hangs are its
+    own). torchcodec, "auto"'s last resort, is not bounded.
     """
+
+
 
     def __init__(
         self,
@@ -827,6 +932,7 @@ class VideoReader:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if short_side is not None and short_side <= 0:
             raise ValueError(f"short_side must be positive, got {short_side}")
+        check_geometry(geometry)
         self.path = os.fspath(path)
         self.requested_backend = backend
         self.short_side = short_side
@@ -834,7 +940,11 @@ class VideoReader:
         self.timeout_s = timeout_s
         self.metadata, self._index = _probe(self.path)
         self._seekable = _remember(_SEEKABILITY, _file_key(self.path), lambda: _seekability(self.path, self._index))
-        self._backend = self._open_backend(backend)
+        self._resizes_in_decoder = short_side is not None and resizes_in_decoder(geometry)
+        # What "auto" may still turn to (none where only PyAV can serve the geometry).
+        self._untried = list(AUTO_ORDER) if backend == "auto" and not self._resizes_in_decoder else []
+        self._failures: list[_BackendFailure] = []  # of "auto"'s backends, in the order they failed
+        self._backend = self._pyav() if self._resizes_in_decoder else self._open_backend(backend)
 
     @property
     def backend(self) -> str:
@@ -842,33 +952,53 @@ class VideoReader:
         return self._backend.name
 
     def _pyav(self) -> _PyAVBackend:
-        return _PyAVBackend(self.path, self.metadata, self._index, self._seekable.with_options)
+        return _PyAVBackend(self.path, self.metadata, self._index, self._seekable.with_options,
+                            self.short_side if self._resizes_in_decoder else None, self.timeout_s)
+
+    def _construct(self, name: str):
+        if name == "pyav":
+            return self._pyav()
+        if name == "torchcodec":
+            return _TorchCodecBackend(self.path, self.metadata, self._index, self._seekable.plain)
+        return _DecordBackend(self.path, self.metadata, self._index, self._seekable, self.timeout_s)
 
     def _open_backend(self, backend: str):
-        if backend == "pyav":
-            return self._pyav()
-        if backend == "torchcodec":
-            try:
-                return _TorchCodecBackend(self.path, self.metadata, self._index, self._seekable.plain)
-            except VideoDecodeError:
-                raise
-            except Exception as error:
-                raise VideoDecodeError(self.path, f"torchcodec cannot be used on it: {_short(error)}")
+        if backend == "auto":
+            return self._next_backend()
         try:
-            return _DecordBackend(self.path, self.metadata, self._index, self._seekable, self.timeout_s)
+            return self._construct(backend)
         except VideoDecodeError:
             raise
         except Exception as error:
-            if backend == "decord":
-                raise VideoDecodeError(self.path, f"decord cannot be used on it: {_short(error)}")
-            self._warn_fallback(error)
-            return self._pyav()
+            raise _backend_failure(self.path, _BackendFailure(backend, error, while_reading=False))
 
-    def _warn_fallback(self, error: BaseException) -> None:
-        warnings.warn(
-            f"{self.path}: decord failed ({_short(error)}); decoding with PyAV instead",
+    def _next_backend(self, failure: _BackendFailure | None = None):
+        """The next backend of `AUTO_ORDER` that takes the file, after a warning naming the one
+        that failed. A VideoDecodeError is the file's fault, which no other decoder mends; when
+        every backend fails, the error is the first one's (PyAV's), naming the others."""
+        while self._untried:
+            name = self._untried.pop(0)
+            if failure is not None:
+                self._failures.append(failure)
+                self._warn_fallback(failure, name)
+            try:
+                return self._construct(name)
+            except VideoDecodeError:
+                raise
+            except Exception as refusal:
+                failure = _BackendFailure(name, refusal, while_reading=False)
+        self._failures.append(failure)
+        raise _backend_failure(self.path, *self._failures)
+
+    def _warn_fallback(self, failure: _BackendFailure, next_name: str) -> None:
+        # Issued from the video file's "location", not a line of this module: the warning prints
+        # as one line naming the file, with no source line of ours under it.
+        warnings.warn_explicit(
+            f"{self.path}: {failure.backend} failed ({_short(failure.error)}); decoding with {next_name} instead",
             RuntimeWarning,
-            stacklevel=3,
+            filename=__name__,
+            lineno=0,
+            registry=_FALLBACK_WARNINGS_SHOWN,
         )
 
     def __len__(self) -> int:
@@ -903,36 +1033,41 @@ class VideoReader:
         frames = self._decode(unique, more_follow)
         if not self._backend.rotates:
             frames = rotate_frames(frames, self.metadata.rotation)
-        if self.short_side is not None:
+        if self.short_side is not None and not self._resizes_in_decoder:
             frames = resize_short_side(frames, self.short_side, self.geometry)
         if len(unique) != len(wanted) or not np.array_equal(unique, wanted):
             frames = frames[torch.from_numpy(inverse)]
         return frames
 
     def _decode(self, unique: np.ndarray, more_follow: bool) -> torch.Tensor:
-        try:
-            frames = self._backend.decode(unique, more_follow)
-        except VideoDecodeError:
-            raise
-        except Exception as error:
-            if self.requested_backend != "auto" or self._backend.name != "decord":
-                raise self._decode_failure(error)
-            self._warn_fallback(error)
-            self._backend.close()
-            self._backend = self._pyav()
-            frames = self._backend.decode(unique, more_follow)
+        while True:
+            try:
+                frames = self._backend.decode(unique, more_follow)
+                break
+            except VideoDecodeError:
+                raise
+            except Exception as error:
+                failure = _BackendFailure(self._backend.name, error, while_reading=True)
+                if not self._untried:  # a backend asked for by name, or the last "auto" has
+                    raise _backend_failure(self.path, *self._failures, failure)
+                self._backend.close()
+                self._backend = self._next_backend(failure)
         if frames.shape[0] != len(unique):
             raise VideoDecodeError(
                 self.path, f"{self.backend} returned {frames.shape[0]} of {len(unique)} frames"
             )
         return frames
 
-    def _decode_failure(self, error: Exception) -> VideoDecodeError:
-        name = self._backend.name
-        if isinstance(error, _DecodeTimeout):
-            # How far the file decodes says nothing about a hang, and finding out decodes it all.
-            return VideoDecodeError(self.path, f"{name}: timed out ({_short(error)})")
-        return VideoDecodeError(self.path, f"{name}: decoding failed ({_short(error)})", _count_decodable(self.path))
+    def check_every_frame_decodes(self) -> None:
+        """Decode every frame with the serving backend, raising VideoDecodeError where one does
+        not: damage mid-stream, a frame count short of the container's, a size that changes.
+        PyAV checks without converting frames to RGB (a third of the cost on 4:4:4 streams);
+        the other backends only decode by converting, so they read the video through."""
+        if isinstance(self._backend, _PyAVBackend):
+            self._backend.check_every_frame_decodes(len(self))
+        else:
+            for _ in self.iter_chunks():
+                pass
 
     def read_all(self) -> torch.Tensor:
         """Every frame, decoded and resized chunk by chunk so full-resolution copies stay small."""
@@ -974,7 +1109,32 @@ class VideoReader:
         )
 
 
+@dataclass(frozen=True)
+class _BackendFailure:
+    backend: str
+    error: BaseException
+    while_reading: bool  # False: it refused the file when opened
+
+
+# Fallback warnings already shown (warnings' own registry): each file's once per process.
+_FALLBACK_WARNINGS_SHOWN: dict = {}
+
+
+def _backend_failure(path: str, first: _BackendFailure, *others: _BackendFailure) -> VideoDecodeError:
+    """One error for a file that no backend read: the first failure (the backend preferred, so
+    the one a user would look at), naming the backends that failed after it."""
+    also = f" ({', '.join(other.backend for other in others)} also failed)" if others else ""
+    detail = _short(first.error)[: 300 - 120 if others else 300]  # leaves room for `also`
+    if not first.while_reading:
+        return VideoDecodeError(path, f"{first.backend} cannot be used on it: {detail}{also}")
+    if isinstance(first.error, _DecodeTimeout):
+        # How far the file decodes says nothing about a hang, and finding out decodes it all.
+        return VideoDecodeError(path, f"{first.backend}: timed out ({detail}){also}")
+    return VideoDecodeError(path, f"{first.backend}: decoding failed ({detail}){also}", _count_decodable(path))
+
+
 def _short(error: BaseException) -> str:
+
     """decord's messages nest C++ locations and stack traces; keep the last plain sentence."""
     text = re.sub(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ", "", str(error))
     lines = [line.strip() for line in text.splitlines() if line.strip()]
@@ -986,3 +1146,14 @@ def read_video(path: str | os.PathLike, **reader_kwargs) -> torch.Tensor:
     """Every frame of a video, uint8 (T, H, W, C), as displayed."""
     with VideoReader(path, **reader_kwargs) as reader:
         return reader.read_all()
+
+
+def probe_by_reading(path: str | os.PathLike, check_decode: bool = False) -> tuple[VideoMetadata, str]:
+    """Metadata of a video, and the backend that read it: the default reader ("auto") reads
+    the first frame, then with `check_decode` every frame, and the backend named is the one that
+    served those reads, after any fallback. One probe of the file serves both."""
+    with VideoReader(path) as reader:
+        reader.get_frames([0])
+        if check_decode:
+            reader.check_every_frame_decodes()
+        return reader.metadata, reader.backend

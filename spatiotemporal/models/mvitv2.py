@@ -207,9 +207,10 @@ CONFIGS: dict[str, MViTConfig] = {
 KINETICS_PREPROCESS = Preprocess(mean=(0.45, 0.45, 0.45), std=(0.225, 0.225, 0.225), layout="BCTHW")
 # MViTv2's Kinetics protocol (SlowFast configs): 5 temporal clips placed with USE_OFFSET_SAMPLING x
 # 1 centre crop; one crop means SlowFast resizes to TRAIN_JITTER_SCALES[0] = 256 before cropping 224.
-# Videos are resampled to SlowFast's TARGET_FPS of 30 first.
+# Videos are resampled to SlowFast's TARGET_FPS of 30 first. The configs decode with torchvision,
+# whose decoder makes that resize itself (swscale's area filter, long side rounded).
 MVIT_PROTOCOL = TestProtocol(temporal_views=5, spatial_crops=1, aggregation="softmax", short_side=256,
-                             anchor="slowfast_offset", target_fps=30.0)
+                             anchor="slowfast_offset", target_fps=30.0, geometry="slowfast_decoder")
 
 
 def _build(config_name: str):

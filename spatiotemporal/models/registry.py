@@ -44,8 +44,8 @@ class TestProtocol:
     # The frame rate the test code resamples every video to before placing views (SlowFast's
     # TARGET_FPS); None: frames are taken as the video has them.
     target_fps: float | None = None
-    # How views are sized and cropped: a `spatiotemporal.io.resize.Geometry` ("slowfast" floors the
-    # resized long side and rounds crop offsets up; "mmaction2" rounds the side, offsets down).
+    # How views are sized, resized and cropped: a `spatiotemporal.io.resize.Geometry`, named by the
+    # loader whose resize the views copy ("slowfast", "slowfast_decoder", "mmaction2", "dmvr").
     geometry: str = "slowfast"
 
 
@@ -187,9 +187,24 @@ def recorded_kwargs(spec: ModelSpec, meta: dict, overrides: dict[str, Any] | Non
     }
 
 
-def _plan(name: str, num_classes: int | None, pretrained: Any, overrides: dict[str, Any]):
+def _published_weights(name: str, weights: str | dict, pretrained: Any, num_classes: int | None,
+                       overrides: dict[str, Any]) -> tuple[Any, int | None, dict[str, Any]]:
+    """(the catalogue entry's local file, its class count, its constructor arguments under the
+    explicit ones): what `weights=` means, fetched into the cache on first use."""
+    from spatiotemporal.weights import local_weights
+
+    if pretrained is not None:
+        raise ValueError(f"{name}: give weights= (a catalogue entry) or pretrained= (a file), not both")
+    entry, path = local_weights(weights, model=name)
+    return path, entry.num_classes if num_classes is None else num_classes, {**entry.model_kwargs, **overrides}
+
+
+def _plan(name: str, num_classes: int | None, pretrained: Any, overrides: dict[str, Any],
+          weights: str | dict | None = None):
     """(checkpoint read once or None, builder kwargs, spec as built) for `create_model`'s arguments."""
     spec = get_spec(name)
+    if weights is not None:
+        pretrained, num_classes, overrides = _published_weights(name, weights, pretrained, num_classes, overrides)
     meta = {}
     if pretrained is not None:
         from spatiotemporal.convert import read_checkpoint, read_checkpoint_meta
@@ -209,17 +224,21 @@ def create_model(
     num_classes: int | None = None,
     pretrained: Any = None,
     strict: bool = True,
+    weights: str | dict | None = None,
     **overrides: Any,
 ):
     """Build a registered model. `pretrained` is a checkpoint path in any supported layout (or one
-    already read by `spatiotemporal.convert.read_checkpoint`).
+    already read by `spatiotemporal.convert.read_checkpoint`); `weights` names a published checkpoint
+    of the catalogue instead, by its tag ("k400") or whole name ("mvitv2_s.k400"), downloaded into
+    the cache and hash-checked on first use (`spatiotemporal.weights`), or what a Ray driver's
+    `spatiotemporal.weights.share_weights` described for its workers.
 
     Our training checkpoints record the overrides, classes and clip geometry they were trained with;
     those are applied before explicit arguments, so a fine-tuned tiny model loads from its path alone.
     Every video model takes `num_frames` and `image_size`; `model.spec` is the registered spec with the
     clip geometry the model was built and trained for, which is what inference feeds it.
     """
-    pretrained, kwargs, spec = _plan(name, num_classes, pretrained, overrides)
+    pretrained, kwargs, spec = _plan(name, num_classes, pretrained, overrides, weights)
     model = spec.builder(**kwargs)
     model.spec = spec
     model.num_classes = kwargs["num_classes"]
@@ -230,10 +249,11 @@ def create_model(
     return model
 
 
-def resolved_spec(name: str, pretrained: Any = None, **overrides: Any) -> ModelSpec:
+def resolved_spec(name: str, pretrained: Any = None, weights: str | dict | None = None,
+                  **overrides: Any) -> ModelSpec:
     """`create_model(name, pretrained=..., **overrides).spec` without building the model: for a front
     end that cuts clips before (or away from) where the model is built."""
-    return _plan(name, None, pretrained, overrides)[2]
+    return _plan(name, None, pretrained, overrides, weights)[2]
 
 
 def count_parameters(model) -> int:

@@ -227,7 +227,8 @@ def _build(**kwargs) -> ViViT:
 # tests Kinetics with 4 temporal clips x 3 spatial crops and averages logits.
 _PREPROCESS = Preprocess(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), layout="BCTHW")
 # scenic resizes the short side to 256 (`min_resize`) and places the clips with DMVR's linspace.
-_PROTOCOL = TestProtocol(temporal_views=4, spatial_crops=3, aggregation="logits", short_side=256, anchor="dmvr")
+_PROTOCOL = TestProtocol(temporal_views=4, spatial_crops=3, aggregation="logits", short_side=256, anchor="dmvr",
+                         geometry="dmvr")
 _PAPER = "ViViT paper (Arnab et al. 2021), Table 4 (model variants, ViViT-B, 400 classes)"
 _LARGE = {"embed_dim": 1024, "depth": 24, "num_heads": 16}
 
@@ -263,7 +264,8 @@ _spec("vivit_b_fdp", "factorised_dot_product", "ViViT-B/16x2 Model 4: factorised
       published_params_m=88.9)
 
 _TINY = {"tubelet_size": (2, 16, 16), "embed_dim": 192, "depth": 4, "num_heads": 4, "temporal_depth": 2}
-_TINY_PROTOCOL = TestProtocol(temporal_views=4, spatial_crops=3, aggregation="logits", short_side=112, anchor="dmvr")
+_TINY_PROTOCOL = TestProtocol(temporal_views=4, spatial_crops=3, aggregation="logits", short_side=112, anchor="dmvr",
+                              geometry="dmvr")
 _spec("vivit_tiny", "joint", "tiny ViViT (Model 1) for CPU tests and demos", frames=8, stride=4, size=112,
       protocol=_TINY_PROTOCOL, **_TINY)
 _spec("vivit_tiny_fe", "factorised_encoder", "tiny ViViT Model 2", frames=8, stride=4, size=112,

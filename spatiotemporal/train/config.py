@@ -15,7 +15,8 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "output_dir": "runs",
     "task": "video",  # "video" (clip classification) or "points" (per-point segmentation)
-    "model": {"name": None, "num_classes": None, "kwargs": {}},
+    # weights: a catalogue entry (`spatiotemporal weights list`) to fine-tune from, e.g. k400.
+    "model": {"name": None, "num_classes": None, "weights": None, "kwargs": {}},
     "data": {
         "root": None,  # dataset directory (synthetic Kinetics / Pointcept-layout ScanNet)
         "train_split": "train",
@@ -77,7 +78,7 @@ TRAIN_SAMPLING = ("random", "protocol")
 FREE_FORM = frozenset({"model.kwargs", "ray.resources_per_worker", "optim.lr_scales"})
 # The type of each setting whose default is None (unset); the others have their default's type.
 NULLABLE = {
-    "model.name": str, "model.num_classes": int,
+    "model.name": str, "model.num_classes": int, "model.weights": str,
     "data.root": str, "data.num_frames": int, "data.frame_stride": int, "data.crop_size": int, "data.short_side": int,
     "optim.layer_decay": float,
     "train.clip_grad": float, "train.ema_decay": float, "train.crash_at_step": int,
@@ -253,6 +254,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError(
             f"{source}: model {name} is a {spec.family} model but task is {config['task']!r}; set task: {spec.family}"
         )
+    if config["model"]["weights"]:
+        from spatiotemporal.weights import get_entry
+
+        try:  # the name only: the file is fetched when the run starts
+            get_entry(config["model"]["weights"], model=name)
+        except ValueError as error:
+            raise ConfigError(f"{source}: model.weights: {error}") from None
     return config
 
 

@@ -1,41 +1,110 @@
-"""A short end-to-end run for `spatiotemporal demo`: make synthetic data, train a tiny model on
-Ray Train, evaluate it with the papers' protocols, and print the evaluator reports.
+"""`spatiotemporal demo`: make synthetic data, train a tiny model on Ray Train, evaluate it with the
+papers' protocols, and run batch inference with it.
 
-`run_demo(out_dir, quick=True)` does the video part (tiny TimeSformer on synthetic Kinetics) and
-the points part (tiny Point Transformer on synthetic ScanNet). Quick mode is a smoke run of a few
-minutes on two CPU cores: it shows every stage working, not a converged model.
+Two budgets (`DemoBudget`):
+- LEARN, the default: models that learn, in minutes on two CPU cores. The video model is the
+  learning proof's tiny TimeSformer on its motion-only synthetic Kinetics and budget (top-1 0.94
+  and 0.92 where measured; the bar is 0.90). A tiny ViViT on 40 epochs ended at 0.875, and the
+  TimeSformer on 25 at 0.84 after 20 (its cosine schedule still high): neither is used. The point
+  model is the proof's tiny Point Transformer on the proof's 40 + 10 rooms, for 24 of its 34
+  epochs (the bar is mIoU 0.60 with the official semantics; the proof's is 0.70): measured mIoU
+  0.423 after 12 epochs and 0.610 after 24, 428 CPU s for the stage (data, training, evaluation).
+  That is close to the bar; the proof's 34 epochs score 0.71-0.73 for about 150 s more. On 24
+  rooms for 24 epochs it stayed at mIoU 0.35.
+- QUICK, a smoke run of every stage in about a minute and a half: its models train for seconds, so
+  their figures are at chance by design.
 """
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
-def _video_data(root: Path, quick: bool) -> Path:
-    from spatiotemporal.data.synthetic_kinetics import MOTION_KINDS, SyntheticKineticsConfig, generate_synthetic_kinetics
+@dataclass(frozen=True)
+class DemoBudget:
+    name: str
+    video_config: str
+    videos_per_class: int  # training videos per motion class
+    video_val_per_class: int
+    video_overrides: tuple[str, ...]
+    train_rooms: int  # synthetic rooms drawn with seed 0
+    val_rooms: int  # held-out rooms, drawn with another seed (ROOM_VAL_SEED), as the learning proof does
+    points_overrides: tuple[str, ...]
+    at_chance: bool  # its figures are not meant to show learning
 
-    if not (root / "train.csv").exists():
-        per_class = 16 if quick else 192  # full: the data the learning tests train on
-        config = SyntheticKineticsConfig(motions=MOTION_KINDS, videos_per_class=per_class, frames=16, size=32)
-        generate_synthetic_kinetics(root, config)
+
+LEARN = DemoBudget(
+    name="learn",
+    video_config="timesformer_tiny_synthetic_kinetics",
+    videos_per_class=192,  # the learning proof's data and budget (20 epochs), evaluated at the end
+    video_val_per_class=16,
+    video_overrides=("train.eval_every=20",),
+    train_rooms=40,  # the learning proof's rooms
+    val_rooms=10,
+    points_overrides=("schedule.epochs=24", "train.eval_every=12"),
+    at_chance=False,
+)
+QUICK = DemoBudget(
+    name="quick",
+    video_config="timesformer_tiny_synthetic_kinetics",
+    videos_per_class=16,
+    video_val_per_class=4,
+    video_overrides=("schedule.epochs=3", "train.eval_every=3"),
+    train_rooms=3,
+    val_rooms=1,
+    points_overrides=("schedule.epochs=2", "train.eval_every=2", "data.max_points=2000"),
+    at_chance=True,
+)
+
+
+def build_once(root: Path, build: Callable[[Path], None]) -> Path:
+    """`root`, made by `build(folder)` unless it already exists. `build` writes into a hidden
+    sibling folder that becomes `root` only when `build` has returned, so data whose writing was
+    interrupted is made again, never taken for complete."""
+    if root.is_dir():
+        return root
+    partial = root.parent / f".{root.name}.partial"
+    if partial.exists():  # an interrupted build's
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    build(partial)
+    partial.rename(root)
     return root
 
 
-def _points_data(root: Path, quick: bool) -> Path:
+def _video_data(root: Path, budget: DemoBudget) -> Path:
+    from spatiotemporal.data.synthetic_kinetics import MOTION_KINDS, SyntheticKineticsConfig, generate_synthetic_kinetics
+
+    config = SyntheticKineticsConfig(
+        motions=MOTION_KINDS, videos_per_class=budget.videos_per_class, val_per_class=budget.video_val_per_class,
+        test_per_class=2, frames=16, size=32,
+    )  # fmt: skip
+    return build_once(root, lambda folder: generate_synthetic_kinetics(folder, config))
+
+
+ROOM_VAL_SEED = 1000  # no held-out room is also a training room
+
+
+def _points_data(root: Path, budget: DemoBudget) -> Path:
     from spatiotemporal.data.scannet import preprocess_raw_scene
     from spatiotemporal.data.synthetic_scannet import SceneSpec, write_dataset
     from spatiotemporal.io.points import write_preprocessed
 
-    raw = root.parent / (root.name + "_raw")
-    if not (root / "train").is_dir():
-        splits = write_dataset(raw, 4 if quick else 20, seed=0, spec=SceneSpec(spacing=0.05), val_fraction=0.25, progress=True)
-        for split, scenes in splits.items():
+    def build(folder: Path) -> None:
+        raw = folder.parent / f"{folder.name}.raw"  # the generator's scenes, kept only until preprocessed
+        for split, count, seed in (("train", budget.train_rooms, 0), ("val", budget.val_rooms, ROOM_VAL_SEED)):
+            shutil.rmtree(raw, ignore_errors=True)
+            scenes = write_dataset(raw, count, seed=seed, spec=SceneSpec(spacing=0.05), val_fraction=0, progress=True)["train"]
             for scene in scenes:
-                write_preprocessed(root / split / scene, preprocess_raw_scene(raw / scene))
-    return root
+                write_preprocessed(folder / split / scene, preprocess_raw_scene(raw / scene))
+        shutil.rmtree(raw)
+
+    return build_once(root, build)
 
 
 def prepare_demo_run(run_dir: Path) -> bool:
@@ -68,40 +137,36 @@ def run_outputs(run_dir: Path) -> list[Path]:
     return [path for pattern in RUN_OUTPUTS for path in sorted(Path(run_dir).glob(pattern))]
 
 
-def run_video_demo(out_dir: str | Path, quick: bool = True) -> dict:
+def video_run_name(budget: DemoBudget) -> str:
+    """Each budget has its own runs, so a quick demo never resumes into a learning one."""
+    return f"demo_{budget.name}_{budget.video_config.split('_')[0]}"
+
+
+def points_run_name(budget: DemoBudget) -> str:
+    return f"demo_{budget.name}_point_transformer"
+
+
+def run_video_demo(out_dir: str | Path, budget: DemoBudget = LEARN) -> tuple[dict, dict]:
+    """Trains and evaluates the budget's video model; returns (its config, the final validation row)."""
     from spatiotemporal.train.config import load_config
 
     out_dir = Path(out_dir)
-    data = _video_data(out_dir / "synthetic_kinetics", quick)
+    data = _video_data(out_dir / f"synthetic_kinetics_{budget.name}", budget)
     config = load_config(
-        REPO_CONFIGS / "timesformer_tiny_synthetic_kinetics.yaml",
-        [f"output_dir={out_dir / 'runs'}", f"data.root={data}", "name=demo_timesformer",
-         *(["schedule.epochs=3", "train.eval_every=3"] if quick else [])],  # full: the config's own budget
-    )  # fmt: skip
-    final = fit_demo_run(config)
-    print((out_dir / "runs" / "demo_timesformer" / "eval_kinetics.md").read_text())
-    return final
+        REPO_CONFIGS / f"{budget.video_config}.yaml",
+        [f"output_dir={out_dir / 'runs'}", f"data.root={data}", f"name={video_run_name(budget)}", *budget.video_overrides],
+    )
+    return config, fit_demo_run(config)
 
 
-def run_points_demo(out_dir: str | Path, quick: bool = True) -> dict:
+def run_points_demo(out_dir: str | Path, budget: DemoBudget = LEARN) -> tuple[dict, dict]:
+    """Trains and evaluates the tiny Point Transformer; returns (its config, the final validation row)."""
     from spatiotemporal.train.config import load_config
 
     out_dir = Path(out_dir)
-    data = _points_data(out_dir / "synthetic_scannet", quick)
+    data = _points_data(out_dir / f"synthetic_scannet_{budget.name}", budget)
     config = load_config(
         REPO_CONFIGS / "point_transformer_tiny_synthetic_scannet.yaml",
-        [f"output_dir={out_dir / 'runs'}", f"data.root={data}", "name=demo_point_transformer",
-         *(["schedule.epochs=2", "train.eval_every=2", "data.max_points=2000"] if quick else [])],
-    )  # fmt: skip
-    final = fit_demo_run(config)
-    print((out_dir / "runs" / "demo_point_transformer" / "eval_scannet.md").read_text())
-    return final
-
-
-def run_demo(out_dir: str | Path, quick: bool = True, points: bool = True) -> dict:
-    """Video then points; returns each part's final validation metrics. Re-running continues
-    (resumes) the runs in `out_dir` that reached a checkpoint, and starts the others over."""
-    results = {"video": run_video_demo(out_dir, quick)}
-    if points:
-        results["points"] = run_points_demo(out_dir, quick)
-    return results
+        [f"output_dir={out_dir / 'runs'}", f"data.root={data}", f"name={points_run_name(budget)}", *budget.points_overrides],
+    )
+    return config, fit_demo_run(config)

@@ -100,9 +100,9 @@ def _gather(world: int, value) -> list:
 def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
-    from tqdm import tqdm
 
     from spatiotemporal.train.logs import MetricsLog
+    from spatiotemporal.train.progress import write_progress
     from spatiotemporal.train.tasks import make_task
 
     ctx = ray.train.get_context()
@@ -157,9 +157,11 @@ def train_loop_per_worker(config: dict) -> None:
     ddp_model = ray.train.torch.prepare_model(model)
 
     log = MetricsLog(run_dir, resume_step=position.step if restored is not None else None) if rank == 0 else None
-    progress = tqdm(
-        total=total_steps, initial=position.step, desc=f"train {config['name']}", disable=rank != 0, dynamic_ncols=True
-    )
+    def progress(**postfix: str) -> None:  # drawn by `fit`'s process (see progress.py)
+        if rank == 0:
+            write_progress(run_dir, position.step, total_steps, **postfix)
+
+    progress()
     autocast = (
         torch.autocast(device.type, dtype=torch.bfloat16) if tcfg["bf16"] else contextlib.nullcontext()
     )
@@ -223,7 +225,6 @@ def train_loop_per_worker(config: dict) -> None:
                 ema.update(model)
             position.step += 1
             position.epoch, position.batch_in_epoch = epoch, micro
-            progress.update(1)
             if position.step % tcfg["log_every"] == 0 or micro == steps_per_epoch * accum:
                 loss_sum, n_correct, n = _all_reduce_sum(window)
                 window = [0.0, 0.0, 0.0]
@@ -234,7 +235,7 @@ def train_loop_per_worker(config: dict) -> None:
                     row["grad_norm"] = grad_norm
                 if log is not None:
                     log.write(row)
-                    progress.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['accuracy']:.2f}")
+                progress(loss=f"{row['loss']:.3f}", acc=f"{row['accuracy']:.2f}")
             at_epoch_end = micro == steps_per_epoch * accum
             if tcfg["checkpoint_every"] and position.step % tcfg["checkpoint_every"] == 0 and not at_epoch_end:
                 report(None)
@@ -246,11 +247,13 @@ def train_loop_per_worker(config: dict) -> None:
         epoch_metrics: dict = {}
         if (epoch + 1) % tcfg["eval_every"] == 0 or epoch + 1 == epochs:
             eval_model = ema.module if ema is not None else model
+            progress(phase="evaluating")
             epoch_metrics = task.evaluate(eval_model, rank, world, run_dir if epoch + 1 == epochs else None)
             if log is not None:
                 log.write({"split": "val", "step": position.step, "epoch": epoch + 1, **epoch_metrics})
         report(epoch_metrics)
-    progress.close()
+        if epoch_metrics:
+            progress(**{key: f"{value:.3f}" for key, value in epoch_metrics.items() if key in ("top1", "miou")})
     if log is not None:
         from spatiotemporal.train.logs import plot_curves
 
@@ -259,8 +262,10 @@ def train_loop_per_worker(config: dict) -> None:
 
 
 # What a run that failed before its first log row leaves behind: Ray Train writes its storage
-# marker as it starts, rank 0 opens TensorBoard; an empty metrics log.
-RUN_LEFTOVERS = frozenset({".validate_storage_marker", "checkpoint_manager_snapshot.json", "tensorboard", "metrics.jsonl"})
+# marker as it starts, rank 0 opens TensorBoard and records its progress; an empty metrics log.
+RUN_LEFTOVERS = frozenset(
+    {".validate_storage_marker", "checkpoint_manager_snapshot.json", "tensorboard", "metrics.jsonl", "progress.json"}
+)
 
 
 def _clear_leftovers(run_dir: Path) -> None:
@@ -332,14 +337,28 @@ def fit(config: dict, resume: bool = False, address: str | None = None) -> dict:
     `address` (or RAY_ADDRESS) joins an existing cluster; otherwise a local one is started and
     shut down afterwards. The run lives in `output_dir/name`: checkpoints, metrics.jsonl,
     tensorboard/, curves.png and the evaluation reports.
+
+    The console shows one progress bar (drawn here from rank 0's progress.json), the workers' own
+    output, and Ray's warnings and errors; Ray's and Ray Train's INFO lines stay in the session's
+    log files (see ray_console.py, ray_env.py).
     """
+    from spatiotemporal.ray_console import quiet_ray_console
+
+    with quiet_ray_console():
+        return _fit(config, resume, address)
+
+
+def _fit(config: dict, resume: bool, address: str | None) -> dict:
+    """The body of `fit`, run while Ray's console is quieted."""
     import ray
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from spatiotemporal.train.logs import read_metrics
-
+    from spatiotemporal.cluster import cluster_to_join, start_ray
     from spatiotemporal.train.config import check_data_root
+    from spatiotemporal.train.logs import read_metrics
+    from spatiotemporal.train.progress import FollowProgress
+    from spatiotemporal.train.tasks import share_config_weights
 
     os.environ.setdefault(HEALTH_CHECK_INTERVAL, DEFAULT_HEALTH_CHECK_INTERVAL_S)
     storage = Path(config["output_dir"]).resolve()
@@ -351,21 +370,23 @@ def fit(config: dict, resume: bool = False, address: str | None = None) -> dict:
     # Everything that can be decided before Ray starts is: a mistake costs seconds, not a cluster.
     start = start_point(run_dir, resume, loop_config)
     loop_config["_resume_dir"] = None if start is None else str(start)
+    rcfg = config["ray"]
+    address = address or rcfg["address"]
+    # One line for a cluster the run cannot join (not Ray's C++ retries), and no run directory.
+    cluster_to_join(address)
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    rcfg = config["ray"]
-    address = address or rcfg["address"] or os.environ.get("RAY_ADDRESS")
-    started_here = not ray.is_initialized()
-    if started_here:
-        if address:
-            ray.init(address=address, runtime_env=train_runtime_env(local_without_dashboard=False))
-        else:
-            cpus = max(os.cpu_count() or 1, rcfg["num_workers"] * int(rcfg["resources_per_worker"].get("CPU", 1)))
-            # "local" starts a new cluster even when another one runs on this machine.
-            ray.init(address="local", num_cpus=cpus, include_dashboard=False,
-                     runtime_env=train_runtime_env(local_without_dashboard=True))  # fmt: skip
+    cpus = max(os.cpu_count() or 1, rcfg["num_workers"] * int(rcfg["resources_per_worker"].get("CPU", 1)))
+    started_here = start_ray(
+        address,
+        local={"num_cpus": cpus, "include_dashboard": False,
+               "runtime_env": train_runtime_env(local_without_dashboard=True)},
+        runtime_env=train_runtime_env(local_without_dashboard=False),
+    )  # fmt: skip
     try:
         check_cluster_fits(rcfg, ray.cluster_resources())
+        # Published weights to fine-tune from: fetched here once, then at most once per node.
+        loop_config = share_config_weights(loop_config)
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config=loop_config,
@@ -380,9 +401,13 @@ def fit(config: dict, resume: bool = False, address: str | None = None) -> dict:
                 storage_path=str(storage),
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
                 failure_config=ray.train.FailureConfig(max_failures=0),
+                # Ray Train's INFO lines (worker group started, "Checkpoint successfully created",
+                # "Reporting training result" per report) go to its system log files only.
+                logging_config=ray.train.LoggingConfig(log_level="WARNING"),
             ),
         )
-        trainer.fit()
+        with FollowProgress(run_dir, f"train {config['name']}"):
+            trainer.fit()
     finally:
         if started_here:
             ray.shutdown()

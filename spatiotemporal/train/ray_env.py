@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 # Each `ray.train.report` waits for the controller's next health check of the workers: 2 s by
 # default, which a run that reports every epoch pays every epoch.
@@ -24,22 +25,70 @@ PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 # a core install of Ray, which has no dashboard) lacks, so every ask fails and logs a warning.
 PLACEMENT_GROUP_CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
 
+# The controller registers the workers' resources with Ray's autoscaling coordinator, an actor it
+# asks with a 5 s deadline: on a busy machine its first answer (the actor's start) takes longer,
+# and the controller logs a warning with a traceback that says it is "safe to ignore". A local
+# cluster has no autoscaler to tell.
+AUTOSCALING_CLIENT_LOGGER = "ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client"
 
-def silence_placement_group_cleaner() -> None:
-    """Ray worker setup hook: keeps the cleaner's errors, drops its once-a-second warning."""
-    logging.getLogger(PLACEMENT_GROUP_CLEANER_LOGGER).setLevel(logging.ERROR)
+# Loggers whose INFO lines reach the console through a worker's root logger, which Ray Train's
+# log level (`fit` sets WARNING) does not govern: matplotlib says "generated new fontManager" the
+# first time a worker plots on a machine, and Ray Train's report context logs "Reporting training
+# result" for every report through a logger that it names by its file's path, not `ray.train.*`.
+QUIET_WORKER_LOGGERS = ("matplotlib",)
+QUIET_WORKER_LOGGER_MODULES = ("ray.train.v2._internal.execution.context",)
+
+
+def module_file(module: str) -> str | None:
+    """The file `module` (a dotted name) loads from, found in its top-level package's folder without
+    importing anything: `importlib.util.find_spec(module)` imports every parent package, which for
+    Ray Train's context module is all of Ray Train, 0.7 s of each worker's start."""
+    import importlib.util
+
+    top, *rest = module.split(".")
+    spec = importlib.util.find_spec(top)
+    if spec is None or not spec.submodule_search_locations or not rest:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations)), *rest[:-1], f"{rest[-1]}.py")
+    return str(path) if path.is_file() else None
+
+
+def quiet_worker_logs() -> None:
+    """Ray worker setup hook: libraries' INFO lines stay out of the forwarded output."""
+    names = [*QUIET_WORKER_LOGGERS]
+    names += [path for path in map(module_file, QUIET_WORKER_LOGGER_MODULES) if path is not None]
+    for name in names:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def quiet_local_cluster_logs() -> None:
+    """Ray worker setup hook for a local cluster: as `quiet_worker_logs`, and keeps the errors of
+    the placement-group cleaner and the autoscaling client but drops their warnings.
+
+    The cleaner asks the State API without an address, which Ray resolves like `auto`: with another
+    Ray instance running on the machine (another job, a test run) that raises "Found multiple active
+    Ray instances", which the cleaner does not catch, and its thread dies printing the traceback.
+    RAY_ADDRESS names this cluster for the State API in the worker processes of this cluster."""
+    import ray
+
+    quiet_worker_logs()
+    for name in (PLACEMENT_GROUP_CLEANER_LOGGER, AUTOSCALING_CLIENT_LOGGER):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    if ray.is_initialized():  # always, in a worker
+        os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
 
 
 def train_runtime_env(local_without_dashboard: bool) -> dict:
     """The `runtime_env` for `ray.init`. Values the caller set in the environment win.
 
     `local_without_dashboard`: the cluster is a local one that `fit` starts itself without the
-    dashboard; the preemption watcher is then off and the cleaner's warning silenced. A cluster
-    joined by address keeps Ray's defaults for both: it may have cloud nodes and a dashboard.
+    dashboard; the preemption watcher is then off and the cleaner's and autoscaling client's
+    warnings silenced. A cluster joined by address keeps Ray's defaults for these: it may have cloud
+    nodes, an autoscaler and a dashboard.
     """
     env_vars = {HEALTH_CHECK_INTERVAL: os.environ.get(HEALTH_CHECK_INTERVAL, DEFAULT_HEALTH_CHECK_INTERVAL_S)}
-    env: dict = {"env_vars": env_vars}
+    env: dict = {"env_vars": env_vars, "worker_process_setup_hook": f"{__name__}.{quiet_worker_logs.__name__}"}
     if local_without_dashboard:
         env_vars[PREEMPTION_WATCHER] = os.environ.get(PREEMPTION_WATCHER, "0")
-        env["worker_process_setup_hook"] = f"{__name__}.{silence_placement_group_cleaner.__name__}"
+        env["worker_process_setup_hook"] = f"{__name__}.{quiet_local_cluster_logs.__name__}"
     return env

@@ -25,6 +25,51 @@ def load_weights(model, path: str | Path) -> str:
     return load_pretrained(model, path)
 
 
+def build_configured_model(config: dict, num_classes: int):
+    """The config's model with `num_classes` outputs. With `model.weights` it starts from those
+    published weights (or from the driver's share of them, `_weights`, in a Ray Train worker),
+    loaded strictly; a head for another number of classes is then replaced by a new one, as
+    fine-tuning on a new label set needs."""
+    name, kwargs = config["model"]["name"], dict(config["model"]["kwargs"])
+    weights = config.get("_weights") or config["model"].get("weights")
+    if not weights:
+        return create_model(name, num_classes=num_classes, **kwargs)
+    model = create_model(name, weights=weights, **kwargs)
+    if model.num_classes != num_classes:
+        head = getattr(model, "head", None)
+        if not isinstance(head, torch.nn.Linear):
+            raise ValueError(f"{name}: cannot fine-tune its {model.num_classes}-class weights to {num_classes} "
+                             f"classes: the model has no linear `head` to replace")
+        model.head = torch.nn.Linear(head.in_features, num_classes, bias=head.bias is not None)
+        model.num_classes = num_classes
+    return model
+
+
+def evaluation_config(config: dict, weights: str | None) -> dict:
+    """`config` for evaluating the published weights `weights` (their own class count, so no head is
+    replaced), or with None a checkpoint loaded after the build (so no fine-tuning start is fetched)."""
+    model = dict(config["model"])
+    if weights:
+        from spatiotemporal.weights import get_entry
+
+        entry = get_entry(weights, model["name"])
+        model.update(weights=entry.name, num_classes=entry.num_classes)
+    else:
+        model["weights"] = None
+    return {**config, "model": model}
+
+
+def share_config_weights(config: dict) -> dict:
+    """On the Ray Train driver, Ray started: `config` with `model.weights` resolved here once
+    (downloaded into the cache on first use) and described for the workers (`_weights`)."""
+    weights = config["model"].get("weights")
+    if not weights:
+        return config
+    from spatiotemporal.weights import share_weights
+
+    return {**config, "_weights": share_weights(weights, config["model"]["name"])}
+
+
 def make_task(config: dict):
     return {"video": VideoTask, "points": PointsTask}[config["task"]](config)
 
@@ -139,8 +184,7 @@ class VideoTask:
                          "crop_size": self.crop_size, "short_side": self.test_short_side}}
 
     def build_model(self):
-        kwargs = dict(self.config["model"]["kwargs"])
-        return create_model(self.config["model"]["name"], num_classes=self.num_classes, **kwargs)
+        return build_configured_model(self.config, self.num_classes)
 
     @staticmethod
     def collate(samples: list[dict]) -> dict:
@@ -219,7 +263,8 @@ class VideoTask:
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
-        for batch in tqdm(loader, desc="eval kinetics", disable=rank != 0, leave=False):
+        # disable=None: no bar where stderr is no terminal, as in a Ray worker (fit draws the run's bar).
+        for batch in tqdm(loader, desc="eval kinetics", disable=None if rank == 0 else True, leave=False):
             ok = [i for i, e in enumerate(batch["error"]) if not e]
             for i, error in enumerate(batch["error"]):
                 if error:
@@ -333,7 +378,7 @@ class PointsTask:
         return {"grid_size": self.config["data"]["grid_size"]}
 
     def build_model(self):
-        return create_model(self.config["model"]["name"], num_classes=self.num_classes, **self.config["model"]["kwargs"])
+        return build_configured_model(self.config, self.num_classes)
 
     def train_set(self):
         data = self.config["data"]
@@ -390,7 +435,8 @@ class PointsTask:
         was_training = model.training
         model.eval()
         first = None
-        for index in tqdm(_rank_shard(len(scenes), rank, world), desc="eval scannet", disable=rank != 0, leave=False):
+        # disable=None: no bar where stderr is no terminal, as in a Ray worker (fit draws the run's bar).
+        for index in tqdm(_rank_shard(len(scenes), rank, world), desc="eval scannet", disable=None if rank == 0 else True, leave=False):
             cloud = scenes.load(index)
             name = cloud.pop("name")
             pred, _ = predict_scene(model, cloud, data["grid_size"], name=name, augmentations=augmentations)

@@ -1,0 +1,111 @@
+"""A real HTTP server on 127.0.0.1 for the weights tests: plain files with Range and If-Range as
+real servers do them (a strong ETag per version of a file; a Range whose If-Range names another
+version gets the whole file, a Range past the end a 416 with `Content-Range: bytes */N`), the
+hub's resolve/<revision>/<file> routes (HEAD with X-Repo-Commit, ETag and size; GET), optional
+basic auth, and switches that cut the next transfer of a file halfway, as a dropped connection
+would, or ignore If-Range, as some caches do."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def etag(body: bytes) -> str:
+    """A strong ETag naming this version of a file, as the hub (and most servers) give one."""
+    return f'"{hashlib.sha256(body).hexdigest()}"'
+
+
+class WeightsServer:
+    def __init__(self):
+        self.files: dict[str, bytes] = {}  # URL path -> body
+        self.cut_next: set[str] = set()  # paths whose next GET stops after half the body
+        self.requests: list[tuple[str, str, str]] = []  # (method, path, Range header)
+        self.if_ranges: list[str] = []  # the If-Range header of each request with a Range
+        self.ignore_if_range = False  # answer a Range as if the file had not changed
+        self.auth: tuple[str, str] | None = None  # (user, password) every request must carry
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep pytest's output clean
+                pass
+
+            def _body(self):
+                path = self.path.split("?", 1)[0]
+                server.requests.append((self.command, path, self.headers.get("Range", "")))
+                if self.headers.get("Range"):
+                    server.if_ranges.append(self.headers.get("If-Range", ""))
+                return path, server.files.get(path)
+
+            def _authorised(self):
+                if server.auth is None:
+                    return True
+                expected = "Basic " + base64.b64encode(":".join(server.auth).encode()).decode()
+                if self.headers.get("Authorization") == expected:
+                    return True
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Basic realm="weights"')
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return False
+
+            def _headers(self, path, body, start=0):
+                if body is None:
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return False
+                self.send_response(206 if start else 200)
+                if start:
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                self.send_header("Content-Length", str(len(body) - start))
+                self.send_header("Accept-Ranges", "bytes")
+                self.send_header("ETag", etag(body))
+                if "/resolve/" in path:
+                    self.send_header("X-Repo-Commit", COMMIT)
+                self.end_headers()
+                return True
+
+            def do_HEAD(self):
+                path, body = self._body()
+                if self._authorised():
+                    self._headers(path, body)
+
+            def do_GET(self):
+                path, body = self._body()
+                if not self._authorised():
+                    return
+                start = 0
+                asked = self.headers.get("Range", "")
+                if_range = self.headers.get("If-Range")
+                same_version = if_range is None or if_range == etag(body or b"") or server.ignore_if_range
+                if asked.startswith("bytes=") and body is not None and same_version:
+                    start = int(asked[6:].split("-", 1)[0] or 0)
+                if body is not None and start >= len(body) > 0:
+                    self.send_response(416)
+                    self.send_header("Content-Range", f"bytes */{len(body)}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if not self._headers(path, body, start):
+                    return
+                if path in server.cut_next:
+                    server.cut_next.discard(path)
+                    self.wfile.write(body[start:start + (len(body) - start) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self.wfile.write(body[start:])
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
