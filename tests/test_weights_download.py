@@ -17,27 +17,9 @@ import pytest
 import torch
 
 from spatiotemporal.weights import WeightsError, get_entry, manual_path, weights_file
-from tests.weights_server import WeightsServer, etag
+from tests.weights_server import WeightsServer, cache, etag, server  # noqa: F401 (fixtures)
 
 SWIN = "swin3d_t.k400_official"  # a Video Swin release: no published hash
-
-
-@pytest.fixture
-def server():
-    s = WeightsServer()
-    yield s
-    s.stop()
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch, server):
-    monkeypatch.setenv("SPATIOTEMPORAL_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("SPATIOTEMPORAL_WEIGHTS_MIRROR", server.url)
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
-    monkeypatch.delenv("SPATIOTEMPORAL_OFFLINE", raising=False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    return tmp_path / "cache"
 
 
 def mirror_path(name: str) -> str:

@@ -16,26 +16,7 @@ import torch
 
 from spatiotemporal.models import create_model
 from spatiotemporal.weights import get_entry
-from tests.weights_server import WeightsServer
-
-
-@pytest.fixture
-def server():
-    s = WeightsServer()
-    yield s
-    s.stop()
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch, server):
-    monkeypatch.setenv("SPATIOTEMPORAL_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("SPATIOTEMPORAL_WEIGHTS_MIRROR", server.url)
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    for var in ("SPATIOTEMPORAL_OFFLINE", "HF_HUB_OFFLINE"):
-        monkeypatch.delenv(var, raising=False)
-    return tmp_path / "cache"
+from tests.weights_server import WeightsServer, cache, server  # noqa: F401 (fixtures)
 
 
 def serve(server: WeightsServer, name: str, obj) -> bytes:

@@ -12,6 +12,8 @@ import hashlib
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import pytest
+
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
@@ -109,3 +111,25 @@ class WeightsServer:
     def stop(self):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+# The fixtures every weights test uses: a server started per test, and a cache, hub cache and
+# torch home of the test's own, reached through the mirror and the hub endpoint on that server.
+# Test modules import them by name.
+@pytest.fixture
+def server():
+    s = WeightsServer()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch, server):
+    monkeypatch.setenv("SPATIOTEMPORAL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("SPATIOTEMPORAL_WEIGHTS_MIRROR", server.url)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    for var in ("SPATIOTEMPORAL_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    return tmp_path / "cache"
