@@ -186,8 +186,8 @@ def choose_precision(
 ) -> PrecisionChoice:
     """The compute precision for `precision` on `device`. 'auto': on CUDA, bf16 where the GPU
     supports it; on a CPU, the probe's choice at `shapes` (the model's matmuls, see
-    `model_matmul_shapes`, or a function that returns them, called only when the probe runs; the
-    base video transformers' when None or empty); fp32 elsewhere."""
+    `model_matmul_shapes`, or a function that returns them, called only when `auto` decides on a
+    CPU; the base video transformers' when None or empty); fp32 elsewhere."""
     check_precision(precision)
     if precision != "auto":
         return PrecisionChoice(precision, precision, "asked for")
@@ -394,9 +394,11 @@ def _cache_key(shape: MatmulShape, threads: int) -> str:
 
 
 def precision_cache_path() -> Path:
-    """$XDG_CACHE_HOME/spatiotemporal/precision_probe.json (~/.cache when XDG_CACHE_HOME is unset)."""
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(root) / "spatiotemporal" / "precision_probe.json"
+    """precision_probe.json under the library's cache root (`SPATIOTEMPORAL_CACHE`, else the user
+    cache dir: ~/.cache/spatiotemporal, $XDG_CACHE_HOME/spatiotemporal when that is set)."""
+    from spatiotemporal.cache import cache_root
+
+    return cache_root() / "precision_probe.json"
 
 
 def machine_identity() -> str:

@@ -11,6 +11,20 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SPATIOTEMPORAL_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _own_cache(tmp_path_factory):
+    """The suite's own cache root (weights, precision probe timings): a run neither reads what
+    the user's earlier runs measured nor leaves files in their cache. Subprocesses and Ray workers
+    the tests start inherit it; tests that need another root set their own."""
+    previous = os.environ.get("SPATIOTEMPORAL_CACHE")
+    os.environ["SPATIOTEMPORAL_CACHE"] = str(tmp_path_factory.mktemp("spatiotemporal_cache"))
+    yield
+    if previous is None:
+        os.environ.pop("SPATIOTEMPORAL_CACHE", None)
+    else:
+        os.environ["SPATIOTEMPORAL_CACHE"] = previous
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

@@ -268,8 +268,17 @@ def test_pairs_beyond_the_minimum_stop_at_the_deadline():
 
 
 def test_the_cache_lives_under_xdg_cache_home(monkeypatch, tmp_path):
+    monkeypatch.delenv("SPATIOTEMPORAL_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert precision_cache_path() == tmp_path / "spatiotemporal" / "precision_probe.json"
+
+
+def test_the_cache_shares_the_librarys_one_root_with_the_weights(monkeypatch, tmp_path):
+    from spatiotemporal.weights import cache_root
+
+    monkeypatch.setenv("SPATIOTEMPORAL_CACHE", str(tmp_path / "root"))
+    assert precision_cache_path() == tmp_path / "root" / "precision_probe.json"
+    assert precision_cache_path().parent == cache_root()
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -340,7 +349,7 @@ def test_infer_json_shows_the_probe_and_the_precision_it_chose(monkeypatch, tmp_
     from spatiotemporal.infer import view_input_shape
     from tests.video_fixtures import h264_mp4
 
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("SPATIOTEMPORAL_CACHE", str(tmp_path / "cache"))
     model = create_model("vivit_tiny", num_classes=6)
     shapes = model_matmul_shapes(model, view_input_shape(model.spec))
     probe_precision(shapes, timer=RatedTimer(fp32=100, bf16=bf16_rate), cache_path=precision_cache_path())

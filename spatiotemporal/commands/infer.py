@@ -173,8 +173,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _say_if_random(args: argparse.Namespace) -> None:
-    if getattr(args, "random_note", "") and not args.json:  # JSON says it in its "weights" field
-        print(args.random_note, flush=True)
+    """The random-weights note on stderr, as the pipelines print it: predictions piped from stdout
+    stay predictions (JSON also says it, in its "weights" field)."""
+    from pipelines.weights import say_if_random
+
+    say_if_random(getattr(args, "random_note", ""))
 
 
 def _weights_label(args: argparse.Namespace) -> str:

@@ -29,6 +29,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from spatiotemporal.cache import cache_root  # noqa: F401 (re-exported: spatiotemporal.weights)
+
 _CHUNK = 1 << 20
 # Seconds a stalled connection may stay silent: an unreachable server fails, it does not hang a worker.
 TIMEOUT_S = 60.0
@@ -46,15 +48,6 @@ class Unreachable(WeightsError):
     def __init__(self, label: str, url: str, reason: str):
         self.label, self.url, self.reason = label, public_url(url), " ".join(str(reason).split())[:60]
         super().__init__(f"{label}: cannot download {self.url}: {self.reason}")
-
-
-def cache_root() -> Path:
-    root = os.environ.get("SPATIOTEMPORAL_CACHE")
-    if root:
-        return Path(root).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("spatiotemporal"))
 
 
 def public_url(url: str) -> str:
