@@ -27,7 +27,6 @@ def run(args: argparse.Namespace) -> int:
     from spatiotemporal.io.errors import InputError
     from spatiotemporal.train.config import load_config
     from spatiotemporal.train.tasks import VideoTask, evaluation_config, load_weights
-    from spatiotemporal.weights import WeightsError
 
     overrides = list(args.overrides) + [f"eval.batch_size={args.batch_size}"]
     if args.views:
@@ -46,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         if args.checkpoint:
             load_weights(model, args.checkpoint)
         summary = task.evaluate_summary(model, data=args.data)
-    except (InputError, KeyError, ValueError, FileNotFoundError, WeightsError) as error:
+    except (InputError, KeyError, ValueError, FileNotFoundError) as error:  # WeightsError is a ValueError
         print(f"error: {error}")
         return 2
     print(summary.to_markdown())

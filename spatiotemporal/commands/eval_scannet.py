@@ -12,10 +12,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pred", help="folder of <scene>.txt predictions (one nyu40 id per vertex)")
     parser.add_argument("--gt", help="folder of <scene>.txt ground truth or raw <scene>_vh_clean_2.labels.ply")
     parser.add_argument("--config", help="training YAML config, to evaluate a model instead")
-    parser.add_argument("--checkpoint", help="model weights for --config")
-    parser.add_argument("--weights", metavar="NAME",
-                        help="published weights from the catalogue for --config, instead of --checkpoint "
-                             "(`spatiotemporal weights list --model NAME`)")
+    model_weights = parser.add_mutually_exclusive_group()  # as eval kinetics: one or the other
+    model_weights.add_argument("--checkpoint", help="model weights for --config")
+    model_weights.add_argument("--weights", metavar="NAME",
+                              help="published weights from the catalogue for --config, instead of --checkpoint "
+                                   "(`spatiotemporal weights list --model NAME`)")
     parser.add_argument("--data", help="preprocessed ScanNet folder (Pointcept layout) for --config")
     parser.add_argument("--split", default="val")
     parser.add_argument("--out", default=None, help="with a model: write submission files, report and PNG here")
@@ -40,9 +41,6 @@ def run(args: argparse.Namespace) -> int:
             from spatiotemporal.train.config import load_config
             from spatiotemporal.train.tasks import PointsTask, evaluation_config, load_weights
 
-            if args.checkpoint and args.weights:
-                print("error: give --checkpoint PATH or --weights NAME, not both")
-                return 2
             overrides = [f"data.root={args.data}", f"data.val_split={args.split}", f"eval.tta={str(args.tta).lower()}"]
             config = evaluation_config(load_config(args.config, overrides), args.weights)
             task = PointsTask(config)

@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     from spatiotemporal.infer import check_topk
     from spatiotemporal.models.registry import get_spec
 
-    from spatiotemporal.weights import WeightsError, require_weights
+    from spatiotemporal.weights import require_weights
 
     try:
         spec = get_spec(args.model)
@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     except KeyError as err:
         print(f"error: {err.args[0]}", file=sys.stderr)
         return 2
-    except (ValueError, WeightsError) as err:
+    except ValueError as err:  # WeightsError is one
         print(f"error: {err}", file=sys.stderr)
         return 2
     args.random_note = random_note  # printed once the model is built, above the predictions
@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
             _points(args, args.paths, report, fail)
         else:
             precision = _video(args, args.paths, report, fail)
-    except (CheckpointError, ValueError, RuntimeError, WeightsError) as err:
+    except (CheckpointError, ValueError, RuntimeError) as err:  # WeightsError is a ValueError
         # Raised before any input ran: building the model (bad checkpoint, weights that cannot be
         # had, bad --views, no CUDA) or preparing --out.
         print(f"error: {err}", file=sys.stderr)

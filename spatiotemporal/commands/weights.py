@@ -52,20 +52,16 @@ def _figure(entry) -> str:
     return f"{p.value:g} {p.metric} {p.dataset}" if p else "-"
 
 
-def rows(model: str | None = None, with_cache: bool = True) -> list[dict]:
+def rows(model: str | None = None) -> list[dict]:
     from spatiotemporal.models.registry import get_spec
-    from spatiotemporal.weights import WeightsError, cached_file, entries_for
+    from spatiotemporal.weights import entries_for, local_path
 
     out = []
     for entry in entries_for(model):
         # The file's own count where its publisher gives it, else the paper's for the architecture.
         params_m = entry.num_params / 1e6 if entry.num_params else get_spec(entry.model).published_params_m
-        cached = None
-        if with_cache and entry.downloadable:
-            try:
-                cached = cached_file(entry)
-            except WeightsError:
-                cached = None
+        # Where the file is, not whether it is intact: a listing hashes nothing (`weights verify` does).
+        cached = local_path(entry) if entry.downloadable else None
         p = entry.published
         out.append({
             "name": entry.name, "model": entry.model, "kind": entry.kind, "source": entry.location,
@@ -106,8 +102,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{'weights':36} {'params (M)':>10} {'published':>36}  cached")
             for r in table:
                 params = f"{r['params_m']:.2f}" if r["params_m"] else "-"
-                p = r["published"]
-                figure = f"{p['value']:g} {p['metric']} {p['dataset']}" if p else "-"
+                figure = _figure(get_entry(r["name"]))
                 cached = "yes" if r["cached"] else ("n/a" if r["kind"] == "unavailable" else "no")
                 print(f"{r['name']:36} {params:>10} {figure:>36}  {cached}")
             return 0

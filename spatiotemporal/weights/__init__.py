@@ -33,7 +33,7 @@ from spatiotemporal.weights.download import (
 
 __all__ = [
     "CLASS_COUNTS", "ENTRIES", "Published", "WeightsEntry", "WeightsError", "cache_root", "cached_file",
-    "entries_for", "get_entry", "is_offline", "local_weights", "manual_path", "require_weights", "share_weights",
+    "entries_for", "get_entry", "is_offline", "local_path", "local_weights", "manual_path", "require_weights", "share_weights",
     "verify", "weights_file",
 ]
 
@@ -94,9 +94,10 @@ def source_url(entry: WeightsEntry) -> str:
 
 
 def _torch_hub_path(entry: WeightsEntry) -> Path:
-    home = os.environ.get("TORCH_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "torch")
-    return Path(home) / "hub" / "checkpoints" / entry.filename
+    """Where torch.hub keeps a torchvision file (it reads TORCH_HOME at each call)."""
+    import torch.hub
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / entry.filename
 
 
 def _hf_cache_dir() -> str:
@@ -125,16 +126,26 @@ def _checked(entry: WeightsEntry, path: Path) -> Path:
     return path
 
 
-def cached_file(entry: WeightsEntry) -> Path | None:
-    """The entry's weights file if it is on this machine already (checked), else None."""
+def local_path(entry: WeightsEntry) -> Path | None:
+    """Where the entry's weights file already is on this machine, unchecked, else None: a copy made
+    by hand (or our download) first, then torch hub's cache (torchvision files), then the hub's."""
     manual = manual_path(entry)
     if manual.exists():
-        return _checked(entry, manual)
+        return manual
     if entry.layout == "torchvision" and _torch_hub_path(entry).exists():
-        return _checked(entry, _torch_hub_path(entry))
+        return _torch_hub_path(entry)
     if entry.kind == "hf":
         return _hf_files(entry, local_only=True)
     return None
+
+
+def cached_file(entry: WeightsEntry) -> Path | None:
+    """The entry's weights file if it is on this machine already (checked), else None. The hub's
+    own cache is trusted as the hub client wrote it."""
+    path = local_path(entry)
+    if path is None or (entry.kind == "hf" and path != manual_path(entry)):
+        return path
+    return _checked(entry, path)
 
 
 def _missing(entry: WeightsEntry, reason: str) -> WeightsError:
@@ -226,13 +237,9 @@ def verify(entry: WeightsEntry) -> tuple[str, str]:
     or "unavailable" (nothing to fetch)."""
     if not entry.downloadable:
         return "unavailable", entry.note
-    manual = manual_path(entry)
-    path = manual if manual.exists() else (
-        _torch_hub_path(entry) if entry.layout == "torchvision" and _torch_hub_path(entry).exists() else None)
-    if path is None and entry.kind == "hf":
-        path = _hf_files(entry, local_only=True)
+    path = local_path(entry)
     if path is None:
-        return "missing", str(manual)
+        return "missing", str(manual_path(entry))
     digest = sha256_of(path)
     expected = entry.sha256 or arrival_sha256(path)
     if expected and not hash_matches(digest, expected):

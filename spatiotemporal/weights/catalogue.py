@@ -223,6 +223,14 @@ VIDEO_SWIN = tuple(
 
 # ----------------------------------------------------------------------------- point models
 
+# The Stratified Transformer authors' releases: where they are and why no client can fetch them.
+_STRATIFIED_RELEASE = dict(
+    source_page="dvlab-research/Stratified-Transformer README.md, Pre-trained Models",
+    licence="not stated in the README", confirmed=False,
+    note="not downloadable by a client: the authors share weights in a SharePoint folder (no direct file "
+         "URL); download it by hand and pass --checkpoint",
+)
+
 POINTS = (
     WeightsEntry(
         name="point_transformer.scannet", model="point_transformer", kind="unavailable", classes="scannet20",
@@ -234,18 +242,12 @@ POINTS = (
     WeightsEntry(
         name="stratified_transformer.scannet", model="stratified_transformer", kind="unavailable",
         classes="scannet20", num_classes=20,
-        source_page="dvlab-research/Stratified-Transformer README.md, Pre-trained Models",
-        licence="not stated in the README", confirmed=False,
-        note="not downloadable by a client: the authors share weights in a SharePoint folder (no direct file "
-             "URL); download it by hand and pass --checkpoint",
+        **_STRATIFIED_RELEASE,
     ),
     WeightsEntry(
         name="stratified_transformer_s3dis.s3dis", model="stratified_transformer_s3dis", kind="unavailable",
         classes="s3dis13", num_classes=13,
-        source_page="dvlab-research/Stratified-Transformer README.md, Pre-trained Models",
-        licence="not stated in the README", confirmed=False,
-        note="not downloadable by a client: the authors share weights in a SharePoint folder (no direct file "
-             "URL); download it by hand and pass --checkpoint",
+        **_STRATIFIED_RELEASE,
     ),
 )
 
