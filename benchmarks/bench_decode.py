@@ -146,19 +146,26 @@ def _frames_to_decode(path: Path, starts: list[int]) -> int:
     return total
 
 
+def _read_clips(path: Path, backend: str, starts: list[int], used: set[str], **reader_options) -> None:
+    """One clip at each start, each from a reader opened afresh; the backends that served them
+    go into `used`. `reader_options` go to the reader (a short side and geometry to resize to)."""
+    from spatiotemporal.io.video import VideoReader
+
+    for start in starts:
+        with VideoReader(path, backend=backend, **reader_options) as reader:
+            reader.get_frames(range(start, start + CLIP * STRIDE, STRIDE))
+            used.add(reader.backend)
+
+
 def _ours_clips(path: Path, backend: str, starts: list[int], repeats: int, **reader_options) -> tuple[_Timing, str]:
     """Time for the clips (each opening the file afresh), and the backends that served them;
     `reader_options` go to the reader (a short side and geometry to resize to)."""
     from spatiotemporal.io.errors import VideoDecodeError
-    from spatiotemporal.io.video import VideoReader
 
-    used = set()
+    used: set[str] = set()
 
     def clips(chosen: list[int]) -> None:
-        for start in chosen:
-            with VideoReader(path, backend=backend, **reader_options) as reader:
-                reader.get_frames(range(start, start + CLIP * STRIDE, STRIDE))
-                used.add(reader.backend)
+        _read_clips(path, backend, chosen, used, **reader_options)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -174,16 +181,12 @@ def _ours_interleaved(path: Path, starts: list[int], rounds: int) -> dict[str, t
     decord, torchcodec, then the next round in reverse order), so load that drifts over a run
     falls on all of them alike: per backend, its time in each round and the backends that served."""
     from spatiotemporal.io.errors import VideoDecodeError
-    from spatiotemporal.io.video import VideoReader
 
     used: dict[str, set[str]] = {backend: set() for backend in OURS}
     refused: dict[str, str] = {}
 
     def clips(backend: str, chosen: list[int]) -> None:
-        for start in chosen:
-            with VideoReader(path, backend=backend) as reader:
-                reader.get_frames(range(start, start + CLIP * STRIDE, STRIDE))
-                used[backend].add(reader.backend)
+        _read_clips(path, backend, chosen, used[backend])
 
     timings: dict[str, list[_Timing]] = {backend: [] for backend in OURS}
     with warnings.catch_warnings():

@@ -16,10 +16,11 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray started by the job")
     parser.add_argument("--no-resume", dest="resume", action="store_false",
                         help="redo every listed input: their earlier rows in OUTDIR's results/ and failures/ are "
-                             "removed once the job has started (rows of inputs not listed stay; a job refused at "
-                             "its start, such as --device cuda on a cluster without GPUs, removes none). By default "
-                             "inputs already in OUTDIR (same id and path) are skipped, and an id held there for "
-                             "another file is an error")
+                             "removed once the job has started (rows of inputs not listed stay, unless OUTDIR's "
+                             "job.json says another model or setting made them: then every earlier row goes; a job "
+                             "refused at its start, such as --device cuda on a cluster without GPUs, removes none). "
+                             "By default inputs already in OUTDIR (same id and path) are skipped, an id held there "
+                             "for another file is an error, and so is resuming rows another model or setting made")
     parser.add_argument("--retry-failed", action="store_true",
                         help="retry the listed inputs that are in the failures table (other failures stay)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar (the summary line still prints)")
@@ -62,9 +63,9 @@ def job_kwargs(args: argparse.Namespace) -> dict:
     """The job's keyword arguments from the shared options.
 
     A cluster to join (--address, else RAY_ADDRESS) is checked here, as the command builds the
-    job's call: one line for a cluster that cannot be joined before the job loads torch and its
-    model, which takes seconds on a busy machine. The job's own check (for library callers) and
-    its join do not ask the cluster again (`spatiotemporal.cluster.cluster_to_join`).
+    job's call: one line before the job checks its model, prints its notes and loads torch
+    (seconds on a busy machine). `run_job` checks again for library callers, before OUTDIR is
+    touched, and `start_ray` as it joins: a GCS that is up answers in milliseconds.
     """
     from spatiotemporal.cluster import cluster_to_join
 

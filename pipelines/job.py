@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import sys
 import time
@@ -37,7 +36,7 @@ import numpy as np
 from pipelines.arguments import DEFAULT_STALL_TIMEOUT_S, stall_seconds
 from pipelines.errors import one_line_error
 from pipelines.inputs import InputItem, ManifestError
-from spatiotemporal.cluster import ClusterJoinError, cluster_address, cluster_to_join
+from spatiotemporal.cluster import ClusterJoinError, cluster_address, cluster_to_join, start_ray
 
 # A result column holding serialized safetensors bytes; the writer unpacks it into a shard file
 # in PAYLOAD_DIR, beside results/ rather than in it.
@@ -238,10 +237,6 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     """
     import ray
 
-    from spatiotemporal.cluster import start_ray
-
-    # WARNING: Ray's INFO lines ("Started a local Ray instance", Ray Data's execution plan) would
-    # interleave with the job's progress bar, which says what they say.
     with _quiet_task_retries():
         started = start_ray(
             address,
@@ -252,7 +247,6 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
             },
             include_dashboard=False,
             log_to_driver=False,
-            logging_level=logging.WARNING,
         )
     try:
         yield
@@ -363,6 +357,71 @@ class OutputConflictError(ManifestError):
     """OUTDIR already holds an input id for a different file than this run lists under that id."""
 
 
+# Beside the tables: what made OUTDIR's rows (the job, and its identity: model, checkpoint and its
+# SHA-256, published weights, views, ...), so that a resume never mixes two models' rows.
+JOB_FILE = "job.json"
+# Kept in job.json for the reader, not compared: a checkpoint is the same model wherever it lies
+# (its SHA-256 is compared), so moving the file does not refuse a resume.
+_INFORMATIVE = frozenset({"checkpoint"})
+
+
+class JobIdentityError(ValueError):
+    """OUTDIR's rows were made by another job, model, checkpoint or setting than this run's: resuming
+    would mix the two in one table. Raised before Ray starts, with nothing recorded."""
+
+
+def _identity_record(name: str, identity: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The job's identity as job.json holds it (tuples read back as lists, so compare as lists)."""
+    return None if identity is None else json.loads(json.dumps({"job": name, **identity}))
+
+
+def _check_identity(store: OutputStore, record: dict[str, Any] | None, resume: bool) -> bool:
+    """Whether OUTDIR's earlier rows were made otherwise than `record` says this run makes its rows.
+
+    Resuming into rows made otherwise is refused (JobIdentityError, one line naming what differs).
+    An OUTDIR without job.json (a new one, or one from before job.json existed) resumes as before.
+    """
+    path = store.root / JOB_FILE
+    if record is None or not path.is_file():
+        return False
+    try:
+        recorded = json.loads(path.read_text())
+        if not isinstance(recorded, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as err:
+        if not resume:
+            return True
+        raise JobIdentityError(
+            f"{path}: cannot read what made the rows in {store.root} ({one_line_error(err)}); "
+            "use --no-resume to redo them, or another --output"
+        ) from None
+    differs = [key for key in sorted(set(recorded) | set(record))
+               if key not in _INFORMATIVE and recorded.get(key) != record.get(key)]
+    if differs and resume:
+        what = "; ".join(f"{key} {_shown(recorded.get(key))} there, {_shown(record.get(key))} now" for key in differs)
+        raise JobIdentityError(
+            f"{store.root} holds rows made otherwise ({what}): "
+            "use --no-resume to redo them with this run's, or another --output"
+        )
+    return bool(differs)
+
+
+def _shown(value: Any) -> str:
+    """A value of job.json in the one-line refusal: a SHA-256 by its first 12 digits, null as none."""
+    if value is None:
+        return "none"
+    if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+        return value[:12]
+    return json.dumps(value)
+
+
+def _write_identity(store: OutputStore, record: dict[str, Any]) -> None:
+    path = store.root / JOB_FILE
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
 @dataclass
 class _Todo:
     """What this run does, after what OUTDIR already holds."""
@@ -394,6 +453,7 @@ def run_job(
     on_row: Callable[[dict[str, Any]], None] | None = None,
     stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
     tally: tuple[str, ...] = (),
+    identity: dict[str, Any] | None = None,
 ) -> JobSummary:
     """Run `plan` over `items`, skipping what OUTDIR already holds, and write results/failures.
 
@@ -409,16 +469,29 @@ def run_job(
     hang. If the plan raises, what is left is recorded as failures, summary.json is written, and
     JobAborted (one line) is raised. A plan that raises NoDeviceError (`usable_gpus`: a cluster
     without the GPU it was asked for) changes nothing in OUTDIR: its inputs stay as they were.
+
+    `identity` (JSON values) says what makes the job's rows what they are: model, checkpoint and its
+    SHA-256, weights, views... It is written to OUTDIR/job.json (with the job's name) once the run
+    is under way. Resuming an OUTDIR whose job.json differs raises JobIdentityError before Ray
+    starts, with nothing recorded; `resume=False` there redoes the listed inputs and removes every
+    earlier row, listed or not, so that all rows in OUTDIR are made one way. An OUTDIR without
+    job.json (from before it existed) resumes as it is and gets one; `identity` None records none.
     """
     from tqdm import tqdm
 
     stall_timeout_s = stall_seconds(stall_timeout_s)
     # A cluster the job cannot join is the user's to fix: refused before OUTDIR is touched, so
-    # that no input is recorded as failed for it (checked once per process: see cluster_to_join).
+    # that no input is recorded as failed for it (`start_ray` checks it again as it joins).
     cluster_to_join(address)
     store = OutputStore(output_dir)
+    # Rows made by another model are the user's to sort out: refused here, before Ray starts.
+    record = _identity_record(name, identity)
+    made_otherwise = _check_identity(store, record, resume)
     store.root.mkdir(parents=True, exist_ok=True)
     plan_todo = _plan_todo(store, items, resume, retry_failed)
+    if made_otherwise:  # --no-resume over rows made otherwise: none of them may stay
+        plan_todo.redo = {table: plan_todo.redo.get(table, set()) | store.index(table).keys()
+                          for table in ("results", "failures")}
     todo = plan_todo.items
     expected = {item.id for item in todo}
     seen: set[str] = set()
@@ -442,10 +515,15 @@ def run_job(
         nonlocal started, replaced, failed
         try:
             replaced = plan_todo.remove_redone(store)
+            if record is not None:
+                _write_identity(store, record)
         except Exception as err:  # noqa: BLE001 - re-raised as it was, past the plan's handler
             raise _NothingRecorded() from err
         started = True
-        if replaced:
+        if replaced and made_otherwise:
+            bar.write(f"{name}: removed all {replaced} earlier rows, made otherwise than this run's (see {JOB_FILE})",
+                      file=sys.stderr)
+        elif replaced:
             bar.write(f"{name}: removed {replaced} earlier rows of the inputs this run redoes", file=sys.stderr)
         for item, reason in plan_todo.unlisted:
             failures.add({"id": item.id, "path": item.path, "error": reason})
@@ -604,6 +682,21 @@ def _encodable(text: str) -> bool:
 
 def _printable(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def model_identity(model: str, checkpoint: str | None, weights: str | None, random_weights: bool) -> dict[str, Any]:
+    """The part of an inference job's `identity` (see run_job) that says which model made its rows:
+    a checkpoint by its resolved path and its SHA-256 (a model retrained into the same file is
+    another model), published weights by their entry's name."""
+    from spatiotemporal.weights.download import sha256_of
+
+    return {
+        "model": model,
+        "checkpoint": os.path.realpath(checkpoint) if checkpoint else None,
+        "checkpoint_sha256": sha256_of(checkpoint) if checkpoint else None,
+        "weights": weights or None,
+        "random_weights": bool(random_weights),
+    }
 
 
 def check_model(model: str, checkpoint: str | None, family: str) -> None:

@@ -28,7 +28,7 @@ import numpy as np
 
 from pipelines.inputs import InputItem, list_inputs
 from pipelines.job import (DEFAULT_STALL_TIMEOUT_S, JobSummary, actor_pool, check_device, check_model, failure_reason,
-                           run_job, usable_gpus)
+                           model_identity, run_job, usable_gpus)
 from pipelines.weights import say_if_random
 from spatiotemporal.data.scannet import is_prepared_scene
 from spatiotemporal.io.points import POINT_FILE_EXTENSIONS, SCANNET_MESH_SUFFIX, is_scannet_scene
@@ -211,13 +211,16 @@ def run(
     model was trained with (its checkpoint's, else its config's). `weights` names published weights
     (resolved on the driver, fetched at most once per node); with neither it nor `checkpoint` the
     job is refused unless `random_weights` asks for a random model."""
-    from spatiotemporal.weights import get_entry, require_weights, share_weights, weights_file
+    from spatiotemporal.weights import require_weights, share_weights, weights_file
 
     check_model(model, checkpoint, "points")  # before Ray starts: a bad name or path is one line
     check_device(device, address)
     say_if_random(require_weights(model, checkpoint, weights, random_weights))
     if weights:  # fetched (or refused, in one line) before Ray starts
-        weights_file(get_entry(weights, model).name)
+        weights_file(weights, model)
+    # What makes the rows what they are: a resume into rows made otherwise is refused (run_job).
+    identity = {**model_identity(model, checkpoint, weights, random_weights),
+                "voxel_size": voxel_size, "max_fragments": max_fragments}
     items = list_scans(input)
     submission = Path(output) / "submission"
     # Named over the whole listing, not just the pending part, so resuming renames nothing.
@@ -268,4 +271,5 @@ def run(
         progress=progress,
         on_row=write_submission,
         stall_timeout_s=stall_timeout_s,
+        identity=identity,
     )

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +148,9 @@ def run(
         num_cpus=num_cpus,
         progress=progress,
         stall_timeout_s=stall_timeout_s,
+        # What makes the tokens what they are (the timeout only decides which inputs fail): a
+        # resume into tokens made otherwise is refused (run_job).
+        identity={"config": {k: v for k, v in asdict(config).items() if k != "timeout_s"}},
     )
 
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from pipelines.inputs import VIDEO_EXTENSIONS, list_inputs
 from pipelines.job import (DEFAULT_STALL_TIMEOUT_S, JobSummary, actor_pool, check_device, check_model, failure_reason,
-                           run_job, usable_gpus)
+                           model_identity, run_job, usable_gpus)
 from pipelines.weights import say_if_random
 
 
@@ -177,6 +177,33 @@ def resource_plan(workers: int, cluster: dict[str, float], device: str = "auto",
     return ResourcePlan(decode_in_actor=True, actor={"num_cpus": share}, threads=1, decode_cpus=decode_cpus)
 
 
+def driver_precision(precision: str, layout: ResourcePlan, model: str, checkpoint: str | None,
+                     weights: str | None, spec) -> str:
+    """The precision the inference actors are given. `auto` with CPU actors is decided here, on the
+    driver, once per job: the probe at the model's matmul shapes (its architecture built on the meta
+    device: no weights, no memory) with torch at the actors' thread count, so that every actor
+    computes in the same precision and none probes while its siblings load the cores. GPU actors
+    keep `auto`: each decides by its own GPU."""
+    if precision != "auto" or layout.device != "cpu":
+        return precision
+    import torch
+
+    from spatiotemporal.infer import view_input_shape
+    from spatiotemporal.models.registry import model_skeleton
+    from spatiotemporal.precision import choose_precision, model_matmul_shapes
+
+    def shapes():
+        skeleton = model_skeleton(model, checkpoint, weights=weights)
+        return model_matmul_shapes(skeleton, view_input_shape(spec))
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, layout.threads))
+    try:
+        return choose_precision("auto", torch.device("cpu"), shapes).precision
+    finally:
+        torch.set_num_threads(threads)
+
+
 def run(
     input: str | os.PathLike,
     output: str | os.PathLike,
@@ -215,10 +242,9 @@ def run(
     from spatiotemporal.weights import require_weights, share_weights
 
     check_precision(precision)  # before any actor starts
-    from spatiotemporal.io.video import BACKENDS
+    from spatiotemporal.io.video import check_backend
 
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    check_backend(backend)
     check_topk(topk)
     check_model(model, checkpoint, "video")
     check_device(device, address)
@@ -230,6 +256,9 @@ def run(
     except CheckpointError as err:  # unreadable: refused before Ray starts, in one line
         raise ValueError(str(err)) from None
     recipe = ClipRecipe.from_spec(spec, parse_views(views, spec))
+    # What makes the rows what they are: a resume into rows made otherwise is refused (run_job).
+    identity = {**model_identity(model, checkpoint, weights, random_weights),
+                "views": list(recipe.views), "topk": topk, "embed": bool(embed)}
     items = list_inputs(input, VIDEO_EXTENSIONS)
 
     def plan(dataset):
@@ -237,6 +266,8 @@ def run(
 
         pool = actor_pool(dataset, workers)  # counted on the inputs' blocks, before decoding
         layout = resource_plan(pool.max_size, ray.cluster_resources(), device, decode_cpus, address)
+        # `auto` on CPUs is decided here once, at the actors' thread count, before they load the cores.
+        actor_precision = driver_precision(precision, layout, model, checkpoint, weights, spec)
         predictor_kwargs = {
             "model": model,
             "checkpoint": checkpoint,
@@ -245,7 +276,7 @@ def run(
             "embed": embed,
             "device": layout.device,
             "threads": layout.threads,
-            "precision": precision,
+            "precision": actor_precision,
             "weights": share_weights(weights, model) if weights else None,
             "random_weights": random_weights,
         }
@@ -287,4 +318,5 @@ def run(
         progress=progress,
         stall_timeout_s=stall_timeout_s,
         tally=("backend",),
+        identity=identity,
     )

@@ -87,7 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     if module is None:
         parser.parse_args(argv[:1] + ["--help"] if argv else ["--help"])
         return 2
-    return int(module.run(args) or 0)
+    from spatiotemporal.cluster import ClusterJoinError
+
+    try:
+        return int(module.run(args) or 0)
+    except ClusterJoinError as error:  # every command that joins Ray refuses a cluster alike
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -28,11 +28,6 @@ RAY_CLIENT_DEFAULT_PORT = 10001
 
 _TOKEN_PLACES = "give the cluster's token in RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token"
 
-# Addresses `cluster_to_join` checked in this process and that are not joined yet: a command
-# checks before it loads torch, its job again (for library callers), the join a third time; the
-# cluster is asked once. Joining forgets the address, so a later run in the process asks again.
-_checked: set[str] = set()
-
 
 class ClusterJoinError(ValueError):
     """The Ray cluster at the address given cannot be joined; the message is one line."""
@@ -46,9 +41,11 @@ def cluster_address(address: str | None) -> str | None:
 
 
 def cluster_to_join(address: str | None) -> str | None:
-    """`cluster_address(address)`, checked (`check_cluster`, once per process until joined).
-    None where Ray already runs in this process (the caller's Ray is used) or a private Ray is to
-    start. Raises ClusterJoinError (one line)."""
+    """`cluster_address(address)`, checked (`check_cluster`) each time: a GCS that is up answers in
+    milliseconds. An entry point calls it before it writes anything (and, where it can, before it
+    loads torch); `start_ray` calls it again at the join. None where Ray already runs in this
+    process (the caller's Ray is used) or a private Ray is to start. Raises ClusterJoinError (one
+    line)."""
     address = cluster_address(address)
     if address is None:
         return None
@@ -56,9 +53,7 @@ def cluster_to_join(address: str | None) -> str | None:
 
     if ray.is_initialized():
         return None
-    if address not in _checked:
-        check_cluster(address)
-        _checked.add(address)
+    check_cluster(address)
     return address
 
 
@@ -81,8 +76,6 @@ def start_ray(address: str | None, local: dict | None = None, **init_kwargs) -> 
             ray.init(address=joined, **init_kwargs)
         except Exception as err:  # noqa: BLE001 - the check passed, the join did not: still one line
             raise ClusterJoinError(_line(f"cannot join the Ray cluster at {joined}: {_first_line(err)}")) from None
-        finally:
-            _checked.discard(joined)
     else:
         # "local" starts a fresh instance; without it Ray would attach to whatever cluster another
         # process on this machine started last.

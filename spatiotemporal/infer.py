@@ -96,7 +96,6 @@ def clip_views_and_backend(path: str | os.PathLike, recipe: ClipRecipe, timeout_
     """`clip_views`, and the decoder that read the video (batch jobs record it per input).
     `backend` is the reader's (`VideoReader`): "auto" unless a caller pins one."""
     from spatiotemporal.data.kinetics import ClipSampling
-    from spatiotemporal.io.resize import resizes_in_decoder
     from spatiotemporal.io.video import VideoReader
 
     temporal, spatial = recipe.views
@@ -105,9 +104,7 @@ def clip_views_and_backend(path: str | os.PathLike, recipe: ClipRecipe, timeout_
     transform = ClipTransform(crop_size=recipe.crop, test_short_side=recipe.short_side, num_crops=spatial,
                               geometry=recipe.geometry)
     # A loader that resizes inside its decoder (SlowFast's torchvision one) is followed at decode.
-    decode_short_side = (recipe.short_side or recipe.crop) if resizes_in_decoder(recipe.geometry) else None
-    with VideoReader(path, backend=backend, timeout_s=timeout_s, short_side=decode_short_side,
-                     geometry=recipe.geometry) as reader:
+    with VideoReader(path, backend=backend, timeout_s=timeout_s, **transform.test_reader_resize()) as reader:
         if len(reader) < 1:
             raise InputError(path, "the video has no decodable frames")
         frames = torch.as_tensor(reader.get_frames(sampling.test_indices(reader).reshape(-1).tolist()))

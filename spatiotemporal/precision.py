@@ -210,14 +210,6 @@ def choose_precision(
                            f"(bf16 needs >= {BF16_MARGIN}x)", probe)
 
 
-def resolve_precision(
-    precision: str, device: torch.device,
-    shapes: Sequence[MatmulShape] | Callable[[], Sequence[MatmulShape]] | None = None,
-) -> torch.dtype:
-    """The compute dtype `choose_precision` picks."""
-    return choose_precision(precision, device, shapes).dtype
-
-
 # ------------------------------------------------------------------------------------- the probe
 
 

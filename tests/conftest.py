@@ -93,3 +93,28 @@ def misfitting_checkpoint(tmp_path: Path) -> Path:
     path = tmp_path / "misfit.pth"
     torch.save({"model": state, "num_classes": 7}, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def two_checkpoints(tmp_path_factory, tiny_kinetics) -> tuple[Path, Path]:
+    """Two model files of one tiny TimeSformer for tiny_kinetics's clips, as training writes them,
+    with different weights."""
+    import torch
+
+    from spatiotemporal.data.kinetics import read_kinetics_csv
+    from spatiotemporal.models import create_model
+
+    model_name = "timesformer_tiny"
+    kwargs = {"num_frames": 4, "image_size": 32, "patch_size": 16, "embed_dim": 32, "depth": 1, "num_heads": 2}
+    classes = sorted({r.label for r in read_kinetics_csv(tiny_kinetics / "train.csv", tiny_kinetics)})
+    folder = tmp_path_factory.mktemp("checkpoints")
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = create_model(model_name, num_classes=len(classes), **kwargs)
+        path = folder / f"seed{seed}" / "model.pt"
+        path.parent.mkdir()
+        torch.save({"model": model.state_dict(), "model_name": model_name, "model_kwargs": kwargs, "class_names": classes,
+                    "clip": {"num_frames": 4, "frame_stride": 1, "crop_size": 32, "short_side": 32}}, path)  # fmt: skip
+        paths.append(path)
+    return paths[0], paths[1]

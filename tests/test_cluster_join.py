@@ -280,13 +280,42 @@ def test_local_means_a_private_ray_whether_given_or_in_ray_address(monkeypatch):
 
 
 def test_a_training_config_names_its_cluster_before_it_is_loaded(tmp_path):
-    from spatiotemporal.commands.train import configured_address
+    from spatiotemporal.train.config import merged_config
 
     config = tmp_path / "run.yaml"
     config.write_text("model: {name: timesformer_tiny}\nray: {address: 'head:6379'}\n")
-    assert configured_address(str(config), []) == "head:6379"
-    assert configured_address(str(config), ["ray.address=other:6379"]) == "other:6379"
-    assert configured_address(str(tmp_path / "missing.yaml"), []) is None  # load_config says what is wrong
+    assert merged_config(str(config), [])["ray"]["address"] == "head:6379"
+    assert merged_config(str(config), ["ray.address=other:6379"])["ray"]["address"] == "other:6379"
+    # A config that cannot be read names no cluster: `train` says what is wrong with it, as load_config would.
+    with pytest.raises(FileNotFoundError, match="no such config file"):
+        merged_config(str(tmp_path / "missing.yaml"), [])
+
+
+def test_a_cluster_checked_earlier_in_the_process_is_asked_again(monkeypatch):
+    # A run that checked the cluster and was then refused for another reason (a bad --model) never
+    # joined it; the next run in the process must ask again, not meet Ray's 20 s of retries.
+    from spatiotemporal import cluster
+
+    address = f"127.0.0.1:{free_port()}"
+    monkeypatch.setattr(cluster, "check_cluster", lambda address: None)  # it answered then
+    assert cluster.cluster_to_join(address) == address
+    monkeypatch.undo()  # and is gone now
+    start = time.monotonic()
+    with pytest.raises(cluster.ClusterJoinError) as refused:
+        cluster.cluster_to_join(address)
+    assert str(refused.value) == f"cannot join the Ray cluster at {address}: {NOTHING_AT_PORT}"
+    assert time.monotonic() - start < REFUSAL_SECONDS
+
+
+def test_the_cli_reports_a_cluster_it_cannot_join_in_one_line_on_stderr(tmp_path, capsys, monkeypatch):
+    from spatiotemporal.cli import main
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    address = f"127.0.0.1:{free_port()}"
+    out = tmp_path / "out"
+    assert main(["prepare", "scannet", str(tmp_path), str(out), "--address", address]) == 2
+    assert capsys.readouterr() == ("", f"error: cannot join the Ray cluster at {address}: {NOTHING_AT_PORT}\n")
+    assert not out.exists()
 
 
 @pytest.mark.slow

@@ -321,6 +321,7 @@ def test_a_scenes_failure_in_prepare_scannet_is_one_line_whatever_the_error(tmp_
     blocked = tmp_path / ("deep_" * 40) / "file"
     blocked.parent.mkdir(parents=True)
     blocked.write_text("")
-    reason = process_scene(str(scene), str(blocked / "train" / scene.name))
+    path, reason = process_scene(str(scene), str(blocked / "train" / scene.name))
+    assert path == str(scene)
     assert_one_readable_line(reason)
     assert reason.startswith("NotADirectoryError: ")

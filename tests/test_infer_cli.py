@@ -124,14 +124,14 @@ def test_bf16_runs_under_autocast_and_keeps_the_fp32_ranking(tmp_path, checkpoin
 
 def test_bf16_units_are_reported_and_explicit_precisions_are_kept():
     """What `auto` picks on a CPU is the measured probe's choice: tests/test_precision_probe.py."""
-    from spatiotemporal.precision import has_native_bf16, resolve_precision
+    from spatiotemporal.precision import choose_precision, has_native_bf16
 
     cpu = torch.device("cpu")
     native = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
     assert has_native_bf16(cpu) == native
-    assert resolve_precision("fp32", cpu) == torch.float32 and resolve_precision("bf16", cpu) == torch.bfloat16
+    assert choose_precision("fp32", cpu).dtype == torch.float32 and choose_precision("bf16", cpu).dtype == torch.bfloat16
     with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16, got 'fp16'"):
-        resolve_precision("fp16", cpu)
+        choose_precision("fp16", cpu).dtype
 
 
 @pytest.mark.parametrize("name", ["timesformer_tiny", "vivit_tiny", "mvitv2_tiny", "swin3d_tiny"])

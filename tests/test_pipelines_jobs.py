@@ -176,6 +176,26 @@ def test_video_inference_cuts_the_clips_a_checkpoint_was_built_for(ray_cluster, 
     np.testing.assert_allclose(row["probs"], expected.probs, rtol=1e-4, atol=1e-6)
 
 
+def test_auto_precision_on_cpus_is_decided_once_on_the_driver(ray_cluster, mixed_inputs, tmp_path, monkeypatch):
+    # The driver probes (here a spy that picks bf16) at the actors' one thread; the actors compute
+    # in what it chose rather than each probing again while its siblings load the cores.
+    import spatiotemporal.infer  # noqa: F401 - imported first: it binds the real choose_precision
+    import spatiotemporal.precision as precision
+
+    calls = []
+
+    def spy(requested, device, shapes=None, **kwargs):
+        calls.append((requested, device.type, torch.get_num_threads()))
+        return precision.PrecisionChoice(requested, "bf16", "the driver's spy")
+
+    monkeypatch.setattr(precision, "choose_precision", spy)
+    summary = video_inference.run(mixed_inputs, tmp_path / "out", model=MODEL, views="1x1", workers=2,
+                                  random_weights=True, precision="auto", device="cpu", progress=False)
+    assert summary.ok == 3
+    assert calls == [("auto", "cpu", 1)]
+    assert set(read_table(tmp_path / "out")["precision"]) == {"bf16"}
+
+
 def test_cpu_workers_each_take_one_core_that_decodes_and_infers():
     """On CPUs a worker is one actor on one core and one torch thread, decoding its own batches:
     nothing oversubscribed, and `workers` is the number of cores the job uses. With GPUs, decode

@@ -88,6 +88,19 @@ def test_quick_probe_reads_only_the_header(probe, video_dir):
     assert json.loads(result.stdout)["num_frames"] == 50
 
 
+def test_quick_text_probe_builds_no_reader(probe, video_dir, monkeypatch):
+    """Text lines name no backend, so --quick reads the header and first frame without a reader."""
+    from spatiotemporal.io.video import VideoReader
+
+    def no_reader(*args, **kwargs):
+        raise AssertionError("a VideoReader was built")
+
+    monkeypatch.setattr(VideoReader, "__init__", no_reader)
+    result = probe("--quick", str(video_dir / "rotated_90.mov"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{video_dir / 'rotated_90.mov'}: h264 320x568, rotated 90")
+
+
 def test_console_script_exits_1_on_a_bad_file(video_dir, tmp_path):
     missing = tmp_path / "gone.mp4"
     command = [str(SCRIPT), "probe", "--quick", str(missing), str(video_dir / "rotated_90.mov")]

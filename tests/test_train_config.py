@@ -141,3 +141,14 @@ def test_the_train_command_answers_a_bad_config_in_one_line_before_starting_ray(
     assert done.returncode == 2
     assert done.stdout == f"error: {path}: {message}\n"
     assert "Ray" not in done.stderr and time.perf_counter() - started < 60
+
+
+def test_the_settings_merge_without_torch_so_the_cluster_is_asked_before_it_loads(tmp_path):
+    # `train` reads ray.address with merged_config before anything imports torch (seconds).
+    path = write(tmp_path, "model: {name: no_such_model}\nray: {address: 'head:6379'}\n")
+    probe = ("import sys; from spatiotemporal.train.config import merged_config; "
+             "config = merged_config(sys.argv[1], ['ray.num_workers=3']); "
+             "print(config['ray']['address'], config['ray']['num_workers'], 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout == "head:6379 3 False\n"  # the model is checked by load_config, not here

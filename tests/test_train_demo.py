@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from spatiotemporal.commands.demo import MADE_WITH_FILE, run_inference_stage
+from pipelines.job import JOB_FILE
+from spatiotemporal.commands.demo import run_inference_stage
 from spatiotemporal.train.demo import QUICK, _points_data, prepare_demo_run, run_outputs
 
 
@@ -76,30 +77,6 @@ def test_point_data_whose_writing_was_interrupted_is_written_again(tmp_path, mon
 VIDEO_MODEL = "timesformer_tiny"
 
 
-@pytest.fixture(scope="module")
-def two_checkpoints(tmp_path_factory, tiny_kinetics) -> tuple[Path, Path]:
-    """Two model files of one tiny TimeSformer for tiny_kinetics's clips, as training writes them,
-    with different weights."""
-    import torch
-
-    from spatiotemporal.data.kinetics import read_kinetics_csv
-    from spatiotemporal.models import create_model
-
-    kwargs = {"num_frames": 4, "image_size": 32, "patch_size": 16, "embed_dim": 32, "depth": 1, "num_heads": 2}
-    classes = sorted({r.label for r in read_kinetics_csv(tiny_kinetics / "train.csv", tiny_kinetics)})
-    folder = tmp_path_factory.mktemp("checkpoints")
-    paths = []
-    for seed in (0, 1):
-        torch.manual_seed(seed)
-        model = create_model(VIDEO_MODEL, num_classes=len(classes), **kwargs)
-        path = folder / f"seed{seed}" / "model.pt"
-        path.parent.mkdir()
-        torch.save({"model": model.state_dict(), "model_name": VIDEO_MODEL, "model_kwargs": kwargs, "class_names": classes,
-                    "clip": {"num_frames": 4, "frame_stride": 1, "crop_size": 32, "short_side": 32}}, path)  # fmt: skip
-        paths.append(path)
-    return paths[0], paths[1]
-
-
 def test_each_budget_predicts_into_its_own_folder(ray_cluster, tiny_kinetics, two_checkpoints, tmp_path):
     """A quick demo and a learning one in one --out: the learning one resumes nothing of the quick one's."""
     checkpoint, _ = two_checkpoints
@@ -115,7 +92,7 @@ def test_predictions_made_with_another_checkpoint_are_made_again(ray_cluster, ti
     run_inference_stage(tmp_path, "learn", tiny_kinetics, VIDEO_MODEL, first, shared=[])
     again, _ = run_inference_stage(tmp_path, "learn", tiny_kinetics, VIDEO_MODEL, retrained, shared=[])
     assert (again.ok, again.failed, again.skipped) == (4, 1, 0)
-    made_with = json.loads((tmp_path / "inference_learn" / MADE_WITH_FILE).read_text())
+    made_with = json.loads((tmp_path / "inference_learn" / JOB_FILE).read_text())
     assert made_with["checkpoint"] == str(retrained)
 
 

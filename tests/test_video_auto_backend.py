@@ -134,11 +134,11 @@ def test_a_frame_size_change_mid_stream_is_one_error_naming_the_frame_without_fa
 
 
 def test_the_full_decode_check_finds_a_frame_size_change(resolution_change):
-    from spatiotemporal.io.video import probe_video
+    from spatiotemporal.io.video import probe_by_reading, probe_video
 
     assert probe_video(resolution_change).num_frames == 20  # the header alone looks healthy
     with pytest.raises(VideoDecodeError) as caught:
-        probe_video(resolution_change, check_decode=True)
+        probe_by_reading(resolution_change, check_decode=True)
     assert caught.value.reason == SIZE_CHANGE
 
 
@@ -157,6 +157,31 @@ def test_when_every_auto_backend_fails_the_error_is_pyavs_naming_the_others(reso
                 reader.get_frames(range(len(reader)))
     assert caught.value.reason == "pyav cannot be used on it: PyAV refused (decord, torchcodec also failed)"
 
+
+
+def test_a_long_failure_message_gives_way_to_what_the_reason_says_after_it(video_dir, monkeypatch):
+    """A library's long message is cut where the reason is made: the bracket closing it and the
+    count of decoded frames after it stay whole, and the reason keeps to REASON_MAX_CHARS."""
+    from spatiotemporal.io.errors import REASON_MAX_CHARS
+
+    opened = VideoReader._pyav
+
+    def fails_at_length(frame):
+        raise ValueError("x" * 400)
+
+    def pyav_that_fails(reader):
+        backend = opened(reader)
+        backend._to_rgb = fails_at_length
+        return backend
+
+    monkeypatch.setattr(VideoReader, "_pyav", pyav_that_fails)
+    with VideoReader(video_dir / "flipping_a_pancake.mkv", backend="pyav") as reader:
+        with pytest.raises(VideoDecodeError) as caught:
+            reader.get_frames(CLIP)
+    reason = caught.value.reason
+    assert reason.startswith("pyav: decoding failed (xxx")
+    assert reason.endswith("x...) (decoded 310 frames before the failure)")
+    assert len(reason) == REASON_MAX_CHARS
 
 
 def test_a_fallback_warning_prints_as_one_line_naming_the_file(video_dir, failing_pyav):

@@ -9,7 +9,7 @@ import pytest
 
 import video_fixtures as vf
 from spatiotemporal.io.errors import InputError, VideoDecodeError
-from spatiotemporal.io.video import VideoReader, probe_video, read_video
+from spatiotemporal.io.video import VideoReader, probe_by_reading, probe_video, read_video
 
 BACKENDS = ("auto", "decord", "pyav", "torchcodec")
 
@@ -78,7 +78,7 @@ def test_corrupted_sample_is_caught_by_a_full_decode_check(video_dir):
     path = video_dir / "corrupted.mp4"
     assert probe_video(path).num_frames == 50  # the header alone looks healthy
     with pytest.raises(VideoDecodeError, match="decoding failed") as caught:
-        probe_video(path, check_decode=True)
+        probe_by_reading(path, check_decode=True)
     assert caught.value.decoded_frames == 28
 
 

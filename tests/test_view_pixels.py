@@ -16,7 +16,7 @@ import torch
 from spatiotemporal.data.kinetics import ClassIndex, ClipSampling, KineticsDataset, VideoRecord
 from spatiotemporal.data.transforms import ClipTransform, frames_to_clip, short_side_scale
 from spatiotemporal.io.resize import resize_short_side, short_side_size
-from spatiotemporal.io.video import VideoReader, stream_timing
+from spatiotemporal.io.video import VideoReader
 from tests import video_fixtures
 
 PANCAKE = "flipping_a_pancake.mkv"
@@ -135,6 +135,12 @@ def test_mvitv2_frames_keep_torchvision_colours_whatever_the_stream_tags(tmp_pat
 # ---- MViTv2: clip starts within SlowFast's float video length -------------------------------
 
 
+def stream_timing(path):
+    """The header's timing as the reader's probe recorded it."""
+    with VideoReader(path) as reader:
+        return reader.stream_timing
+
+
 def test_mvitv2_clip_starts_use_the_float_video_length_of_torchvision_probe(tmp_path):
     """slowfast/datasets/decoder.py `torchvision_decode`: video_size = video_fps * video_duration,
     both floats from torchvision's probe (`_fill_info`: duration = float(ticks) * (num / float(den));
@@ -152,6 +158,23 @@ def test_mvitv2_clip_starts_use_the_float_video_length_of_torchvision_probe(tmp_
         assert len(reader) == 124
         starts = clip.test_indices(reader)[:, 0]
     assert starts.tolist() == reference_starts == [0, 14, 28, 42, 56]
+
+
+def test_mvitv2_clip_starts_take_the_header_timing_from_the_readers_probe(tmp_path, monkeypatch):
+    """The reader's probe already read the header's timing: placing the views opens no container."""
+    import spatiotemporal.io.video as video_module
+
+    video = video_fixtures.testsrc(tmp_path / "124.mp4", frames=124, size="96x64", fps=30, extra=("-video_track_timescale", "15360"))
+    clip = ClipSampling(num_frames=16, stride=4, num_clips=5, anchor="slowfast_offset", anchor_fps=30.0)
+    with VideoReader(video) as reader:
+
+        def no_open(*args, **kwargs):
+            raise AssertionError("the video was opened again")
+
+        monkeypatch.setattr(video_module, "_open_container", no_open)
+        monkeypatch.setattr(video_module.av, "open", no_open)
+        starts = clip.test_indices(reader)[:, 0]
+    assert starts.tolist() == [0, 14, 28, 42, 56]
 
 
 def test_mvitv2_clip_span_uses_the_probed_rate_not_the_average_rate(tmp_path):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,30 +81,6 @@ def inference_folder(out: Path, budget_name: str) -> Path:
     return Path(out) / f"inference_{budget_name}"
 
 
-MADE_WITH_FILE = "made_with.json"  # beside the predictions: the checkpoint they were made with
-
-
-def keep_predictions_of(folder: Path, checkpoint: Path) -> bool:
-    """Whether the predictions in `folder` were made with `checkpoint` (the same bytes) and so may be
-    resumed. If not (another checkpoint, or none recorded), the folder is emptied and the checkpoint
-    recorded, so every input is predicted again with it."""
-    import hashlib
-    import json
-
-    made_with = {"checkpoint": str(checkpoint), "sha256": hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()}
-    try:
-        recorded = json.loads((folder / MADE_WITH_FILE).read_text())
-    except (OSError, ValueError):
-        recorded = None
-    if isinstance(recorded, dict) and recorded.get("sha256") == made_with["sha256"]:
-        return True
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    (folder / MADE_WITH_FILE).write_text(json.dumps(made_with, indent=2) + "\n")
-    return False
-
-
 def inference_report(folder: Path, manifest: Path, truth: dict[str, str]) -> list[str]:
     """The stage's figures over the manifest's inputs only: counted from the tables, so inputs done
     by an earlier (resumed) run count, and rows of inputs the manifest no longer lists do not."""
@@ -130,11 +105,17 @@ def run_inference_stage(out: Path, budget_name: str, data: Path, model: str, che
     """Batch inference with the trained checkpoint over the held-out clips of `data`, the `shared`
     real clips and a truncated clip; returns (the job's summary, the stage's report lines)."""
     from pipelines import video_inference
+    from pipelines.job import JobIdentityError
 
     manifest, truth = _inference_inputs(Path(out) / f"inference_inputs_{budget_name}", Path(data), shared)
     folder = inference_folder(out, budget_name)
-    keep_predictions_of(folder, checkpoint)
-    summary = video_inference.run(manifest, folder, model=model, checkpoint=str(checkpoint), topk=2)
+    predict = dict(model=model, checkpoint=str(checkpoint), topk=2)
+    try:
+        summary = video_inference.run(manifest, folder, **predict)
+    except JobIdentityError:
+        # The folder's predictions were made with another checkpoint (the model was trained again):
+        # all of them are made again with this one.
+        summary = video_inference.run(manifest, folder, resume=False, **predict)
     return summary, inference_report(folder, manifest, truth)
 
 

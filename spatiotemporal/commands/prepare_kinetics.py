@@ -91,13 +91,12 @@ def run(args: argparse.Namespace) -> int:
     import csv
     import os
     import shutil
-    import sys
     from pathlib import Path
 
     import ray
     from tqdm import tqdm
 
-    from spatiotemporal.cluster import ClusterJoinError, cluster_to_join, start_ray
+    from spatiotemporal.cluster import cluster_to_join, start_ray
 
     src, out = Path(args.src), Path(args.out)
     if not src.is_dir():
@@ -106,11 +105,7 @@ def run(args: argparse.Namespace) -> int:
     if shutil.which("ffmpeg") is None:
         print("error: ffmpeg is not installed (apt-get install ffmpeg)")
         return 2
-    try:
-        cluster_to_join(args.address)  # before OUT is made or anything is re-encoded
-    except ClusterJoinError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    cluster_to_join(args.address)  # before OUT is made or anything is re-encoded
     # Imported after the checks: the data module loads torch, seconds on a busy machine.
     from spatiotemporal.data.kinetics import (
         CLASS_INDEX_FILE,

@@ -74,13 +74,14 @@ def scene_splits(raw: Path, splits_from: Path | None) -> dict[str, str]:
     return mapping
 
 
-def process_scene(scene_dir: str, out_scene_dir: str) -> str | None:
-    """Preprocess one scene; returns None on success or the reason it failed."""
+def process_scene(scene_dir: str, out_scene_dir: str) -> tuple[str, str] | None:
+    """Preprocess one scene; returns None on success, or the file it failed on (the scene's folder
+    or one of its files: mesh, labels, segments) and the reason, for the failures row."""
     import os
     import shutil
 
     from spatiotemporal.data.scannet import preprocess_raw_scene
-    from spatiotemporal.io.errors import REASON_MAX_CHARS, InputError, one_line, reason_line
+    from spatiotemporal.io.errors import InputError, reason_line
     from spatiotemporal.io.points import write_preprocessed
 
     final = Path(out_scene_dir)
@@ -92,17 +93,9 @@ def process_scene(scene_dir: str, out_scene_dir: str) -> str | None:
         os.replace(temporary, final)
         return None
     except InputError as error:
-        if error.path == os.fspath(scene_dir):
-            return error.reason
-        # Another file of the scene (its mesh, labels, segments), named first; the reason gives
-        # way to the name, so the line stays within REASON_MAX_CHARS. A name longer than half
-        # the line is left out (the row's scene and path columns still say where).
-        named = f"{Path(error.path).name}: "
-        if len(named) > REASON_MAX_CHARS // 2:
-            return error.reason
-        return named + one_line(error.reason, REASON_MAX_CHARS - len(named))
+        return error.path, error.reason
     except Exception as error:  # a job records every scene it could not finish and goes on
-        return reason_line(error)
+        return os.fspath(scene_dir), reason_line(error)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
 
@@ -119,21 +112,15 @@ def write_failures(out: Path, failures: list[tuple[str, str, str]]) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
-
     import ray
     from tqdm import tqdm
 
-    from spatiotemporal.cluster import ClusterJoinError, cluster_to_join, start_ray
+    from spatiotemporal.cluster import cluster_to_join, start_ray
 
     raw, out = Path(args.raw), Path(args.out)
     if not raw.is_dir():
         raise SystemExit(f"{raw}: not a folder")
-    try:
-        cluster_to_join(args.address)  # before OUT is made or any scene is read
-    except ClusterJoinError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    cluster_to_join(args.address)  # before OUT is made or any scene is read
     out.mkdir(parents=True, exist_ok=True)
     splits = scene_splits(raw, Path(args.splits_from) if args.splits_from else None)
 
@@ -175,11 +162,11 @@ def run(args: argparse.Namespace) -> int:
                 done, _ = ray.wait(list(pending), num_returns=1)
                 scene_dir = pending.pop(done[0])
                 try:
-                    reason = ray.get(done[0])
+                    failure = ray.get(done[0])
                 except ray.exceptions.RayError as error:  # the worker died (e.g. out of memory)
-                    reason = f"worker failed: {type(error).__name__}: {str(error).splitlines()[0]}"
-                if reason is not None:
-                    failures.append((scene_dir.name, str(scene_dir), reason))
+                    failure = str(scene_dir), f"worker failed: {type(error).__name__}: {str(error).splitlines()[0]}"
+                if failure is not None:
+                    failures.append((scene_dir.name, *failure))
                     failed_in_run += 1
                 bar.update(1)
     finally:

@@ -1,7 +1,9 @@
 """`spatiotemporal probe PATH... [--json]`: metadata per video, or the reason it cannot be read.
 
 JSON records also name the backend that read the file (`backend`): the one that served the default
-reader's ("auto") reads of the probe, after any fallback, from the same pass that checks the frames."""
+reader's ("auto") reads of the probe, after any fallback, from the same pass that checks the frames.
+Text lines name no backend, so a quick text probe reads the container and first frame alone,
+without opening a reader."""
 
 from __future__ import annotations
 
@@ -36,13 +38,15 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from spatiotemporal.io.errors import InputError
-    from spatiotemporal.io.video import probe_by_reading
+    from spatiotemporal.io.video import probe_by_reading, probe_video
 
     failed = 0
     for path in args.paths:
         try:
-            metadata, backend = probe_by_reading(path, check_decode=not args.quick)
-
+            if args.json or not args.quick:  # a reader: for the backend, or to decode every frame
+                metadata, backend = probe_by_reading(path, check_decode=not args.quick)
+            else:
+                metadata = probe_video(path)
         except InputError as error:
             failed += 1
             if args.json:

@@ -32,8 +32,7 @@ import torch
 from spatiotemporal.data import sampling
 from spatiotemporal.data.transforms import ClipTransform, normalize
 from spatiotemporal.io.errors import InputError
-from spatiotemporal.io.resize import resizes_in_decoder
-from spatiotemporal.io.video import VideoReader, stream_timing
+from spatiotemporal.io.video import VideoReader
 from spatiotemporal.meta import kinetics_class_names
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".3gp"})
@@ -298,7 +297,7 @@ class ClipSampling:
         video_fps = reader.metadata.fps
         video_size = None
         if self.anchor == "slowfast_offset":  # SlowFast's torchvision loader: the header's fps x duration
-            timing = stream_timing(reader.path)
+            timing = reader.stream_timing
             video_size = sampling.torchvision_video_size(timing.duration_ticks, timing.time_base, timing.guessed_rate)
             video_fps = sampling.torchvision_fps(timing.guessed_rate) or video_fps  # sizes the clip too
         fps = (video_fps, self.anchor_fps) if self.anchor_fps is not None else None
@@ -341,12 +340,8 @@ class KineticsDataset(torch.utils.data.Dataset):
     ):
         if mode not in ("train", "test"):
             raise ValueError(f"mode must be 'train' or 'test', got {mode!r}")
-        test_short_side = transform.test_short_side or transform.crop_size
-        if mode == "test" and decode_short_side not in (None, test_short_side):
-            raise ValueError(
-                f"decode_short_side={decode_short_side} would resize test frames twice (then to "
-                f"{test_short_side}) and change the views; use {test_short_side} or None"
-            )
+        if mode == "test":
+            transform.test_reader_resize(decode_short_side)  # refuses a size that would resize twice
         self.classes = classes
         self.mode = mode
         self.clip = clip
@@ -424,8 +419,7 @@ class KineticsDataset(torch.utils.data.Dataset):
             try:
                 if full_decode:
                     with VideoReader(record.path, backend=self.backend) as reader:
-                        for start in range(0, len(reader), 64):
-                            reader.get_frames(range(start, min(start + 64, len(reader))))
+                        reader.check_every_frame_decodes()
                 elif probe_video(record.path).num_frames < 1:
                     raise InputError(record.path, "no frames")
             except InputError as error:
@@ -464,11 +458,7 @@ class KineticsDataset(torch.utils.data.Dataset):
         frames as the training transforms and the cached training set size them (SlowFast's)."""
         if self.mode == "train":
             return {"short_side": self.decode_short_side, "geometry": "slowfast"}
-        geometry = self.transform.geometry
-        short_side = self.decode_short_side
-        if resizes_in_decoder(geometry):
-            short_side = self.transform.test_short_side or self.transform.crop_size
-        return {"short_side": short_side, "geometry": geometry}
+        return self.transform.test_reader_resize(self.decode_short_side)
 
     def _empty_views(self) -> torch.Tensor:
         c, t = len(self.transform.mean), self.clip.num_frames

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from einops import rearrange
 
-from spatiotemporal.io.resize import Geometry, check_geometry, resize, short_side_size
+from spatiotemporal.io.resize import Geometry, check_geometry, resize, resizes_in_decoder, short_side_size
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -441,10 +441,29 @@ class ClipTransform:
         one clip's frames are ever resized at full resolution."""
         return torch.cat([self.test_crops(clip) for clip in frames.split(clip_len)])
 
+    @property
+    def test_side(self) -> int:
+        """The short side test frames are resized to before cropping."""
+        return self.test_short_side or self.crop_size
+
+    def test_reader_resize(self, decode_short_side: int | None = None) -> dict:
+        """The `VideoReader` resize options (`short_side`, `geometry`) for frames these test views
+        are cut from: at the test short side where the geometry resizes inside the decoder
+        ("slowfast_decoder", SlowFast's torchvision loader), else at `decode_short_side` (a cache's
+        size). That must be None or the test short side: any other would resize twice (to it,
+        then to the test side), and two bilinear passes rounded to uint8 between are not one."""
+        if decode_short_side not in (None, self.test_side):
+            raise ValueError(
+                f"decode_short_side={decode_short_side} would resize test frames twice (then to "
+                f"{self.test_side}) and change the views; use {self.test_side} or None"
+            )
+        short_side = self.test_side if resizes_in_decoder(self.geometry) else decode_short_side
+        return {"short_side": short_side, "geometry": self.geometry}
+
     def test_crops(self, frames: torch.Tensor) -> torch.Tensor:
         """The test views before normalisation: uint8 (T, H, W, C) -> uint8 (num_crops, C, T, crop, crop),
         what inference ships between processes (a quarter of float's bytes)."""
-        clip = short_side_scale(frames_to_clip(frames), self.test_short_side or self.crop_size, geometry=self.geometry)
+        clip = short_side_scale(frames_to_clip(frames), self.test_side, geometry=self.geometry)
         if self.num_crops == 1:
             return center_crop(clip, self.crop_size, self.geometry).unsqueeze(0)
         if self.num_crops == 3:

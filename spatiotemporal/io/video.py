@@ -52,10 +52,17 @@ import numpy as np
 import torch
 from av.video.reformatter import VideoReformatter
 
-from spatiotemporal.io.errors import VideoDecodeError
+from spatiotemporal.io.errors import REASON_MAX_CHARS, VideoDecodeError, one_line
 from spatiotemporal.io.resize import Geometry, check_geometry, resize_short_side, resizes_in_decoder, short_side_size
 
 BACKENDS = ("auto", "decord", "pyav", "torchcodec")
+
+
+def check_backend(backend: str) -> None:
+    """Raise ValueError unless `backend` is one of BACKENDS."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+
 
 # The order "auto" tries the decoders in: a later one serves only a file that every one before it
 # refused, failed on or hung on. Measured, not habit (benchmarks/bench_decode.py; BENCHMARKS.md,
@@ -95,6 +102,16 @@ class VideoMetadata:
 
 
 @dataclass(frozen=True)
+class StreamTiming:
+    """What a video stream's header declares about its timing, as ffmpeg reports it: what a loader
+    that places clips by the declared duration, such as SlowFast's torchvision one, places them with."""
+
+    duration_ticks: int | None  # the stream's declared duration in `time_base` units; None: none declared
+    time_base: Fraction
+    guessed_rate: Fraction | None  # ffmpeg's `av_guess_frame_rate`, what torchvision's probe reports
+
+
+@dataclass(frozen=True)
 class _FrameIndex:
     """Presentation timestamps of every frame, and of the keyframes, from one demux pass."""
 
@@ -105,6 +122,7 @@ class _FrameIndex:
     timestamped: bool  # False when packets lack timestamps (raw elementary streams): ordinals stand in
     packet_durations: np.ndarray  # int64, per frame in presentation order
     x264_build: int | None  # from the encoder's SEI in the first packet, when x264 wrote it
+    timing: StreamTiming  # the stream header's, read when the probe opened the file
 
     def seek_points(self, seekable: bool) -> np.ndarray:
         """Where decoding may start: every keyframe, or only the first when the later ones do
@@ -178,7 +196,9 @@ def _video_stream(container: av.container.InputContainer, path: str) -> av.video
     return container.streams.video[0]
 
 
-def _scan_packets(container: av.container.InputContainer, stream, path: str) -> tuple[_FrameIndex, int]:
+def _scan_packets(
+    container: av.container.InputContainer, stream, path: str, timing: StreamTiming
+) -> tuple[_FrameIndex, int]:
     """Demux (no decoding) the video stream: timestamps, keyframes, and the end of the last frame."""
     pts: list[int] = []
     durations: list[int] = []
@@ -220,15 +240,16 @@ def _scan_packets(container: av.container.InputContainer, stream, path: str) -> 
         timestamped=not missing_pts,
         packet_durations=np.asarray(durations, dtype=np.int64)[ranking],
         x264_build=x264_build,
+        timing=timing,
     )
     return index, (end if end is not None else (int(order[-1]) if len(order) else 0))
 
 
-def _scan_packets_from_start(path: str) -> tuple[_FrameIndex, int]:
+def _scan_packets_from_start(path: str, timing: StreamTiming) -> tuple[_FrameIndex, int]:
     # A fresh container rather than seek(0): raw elementary streams (.h264) refuse to seek.
     container = _open_container(path)
     try:
-        return _scan_packets(container, _video_stream(container, path), path)
+        return _scan_packets(container, _video_stream(container, path), path, timing)
     finally:
         container.close()
 
@@ -281,6 +302,8 @@ def _probe(path: str) -> tuple[VideoMetadata, _FrameIndex]:
         stored_w, stored_h = stream.codec_context.width, stream.codec_context.height
         container_duration = container.duration / av.time_base if container.duration else None
         stream_duration = float(stream.duration * stream.time_base) if stream.duration else None
+        timing = StreamTiming(int(stream.duration) if stream.duration else None, stream.time_base,
+                              stream.guessed_rate or None)
         average_rate = stream.average_rate
         first = _first_frame(container, stream, path)
         declared_rate = stream.codec_context.framerate  # from the bitstream, once a frame decoded
@@ -290,10 +313,10 @@ def _probe(path: str) -> tuple[VideoMetadata, _FrameIndex]:
         except av.error.FFmpegError:
             scan = None  # cannot seek (a raw elementary stream): scanned from a fresh open below
         else:
-            scan = _scan_packets(container, stream, path)
+            scan = _scan_packets(container, stream, path, timing)
     finally:
         container.close()
-    index, end_pts = scan if scan is not None else _scan_packets_from_start(path)
+    index, end_pts = scan if scan is not None else _scan_packets_from_start(path, timing)
     count = len(index.pts)
     if count == 0:
         raise VideoDecodeError(path, "video stream holds no frames", decoded_frames=0)
@@ -362,37 +385,13 @@ def _first_frame(container, stream, path: str) -> av.VideoFrame:
     raise VideoDecodeError(path, "video stream holds no decodable frames", decoded_frames=0)
 
 
-def probe_video(path: str | os.PathLike, check_decode: bool = False) -> VideoMetadata:
+def probe_video(path: str | os.PathLike) -> VideoMetadata:
     """Metadata of a video; raises VideoDecodeError (naming path and reason) when it is unusable.
 
-    By default only the container and the first frame are read. `check_decode` decodes every
-    frame, which is what it takes to find damage in the middle of a stream (`probe_by_reading`).
+    Only the container and the first frame are read; finding damage in the middle of a stream
+    takes decoding every frame (`probe_by_reading` with `check_decode`).
     """
-    if check_decode:
-        return probe_by_reading(path, check_decode=True)[0]
     return _probe(os.fspath(path))[0]
-
-
-@dataclass(frozen=True)
-class StreamTiming:
-    """What a video stream's header declares about its timing, as ffmpeg reports it."""
-
-    duration_ticks: int | None  # the stream's declared duration in `time_base` units; None: none declared
-    time_base: Fraction
-    guessed_rate: Fraction | None  # ffmpeg's `av_guess_frame_rate`, what torchvision's probe reports
-
-
-def stream_timing(path: str | os.PathLike) -> StreamTiming:
-    """The header's timing of the video stream (no frame is decoded): what a loader that places
-    clips by the declared duration, such as SlowFast's torchvision one, places them with."""
-    path = os.fspath(path)
-    container = _open_container(path)
-    try:
-        stream = _video_stream(container, path)
-        ticks = int(stream.duration) if stream.duration else None
-        return StreamTiming(ticks, stream.time_base, stream.guessed_rate or None)
-    finally:
-        container.close()
 
 
 def decoder_threads() -> int:
@@ -928,8 +927,7 @@ class VideoReader:
         timeout_s: float = 30.0,
         geometry: Geometry = "slowfast",
     ):
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        check_backend(backend)
         if short_side is not None and short_side <= 0:
             raise ValueError(f"short_side must be positive, got {short_side}")
         check_geometry(geometry)
@@ -1003,6 +1001,12 @@ class VideoReader:
 
     def __len__(self) -> int:
         return self.metadata.num_frames
+
+    @property
+    def stream_timing(self) -> StreamTiming:
+        """The stream header's timing (declared duration, time base, guessed rate), as the probe
+        read it: what SlowFast's torchvision loader places test views with."""
+        return self._index.timing
 
     def frame_timestamps(self) -> np.ndarray:
         """Presentation time in seconds of every frame, in index order (for VFR-aware sampling).
@@ -1124,13 +1128,20 @@ def _backend_failure(path: str, first: _BackendFailure, *others: _BackendFailure
     """One error for a file that no backend read: the first failure (the backend preferred, so
     the one a user would look at), naming the backends that failed after it."""
     also = f" ({', '.join(other.backend for other in others)} also failed)" if others else ""
-    detail = _short(first.error)[: 300 - 120 if others else 300]  # leaves room for `also`
+    decoded = None
     if not first.while_reading:
-        return VideoDecodeError(path, f"{first.backend} cannot be used on it: {detail}{also}")
-    if isinstance(first.error, _DecodeTimeout):
+        head, tail = f"{first.backend} cannot be used on it: ", also
+    elif isinstance(first.error, _DecodeTimeout):
         # How far the file decodes says nothing about a hang, and finding out decodes it all.
-        return VideoDecodeError(path, f"{first.backend}: timed out ({detail}){also}")
-    return VideoDecodeError(path, f"{first.backend}: decoding failed ({detail}){also}", _count_decodable(path))
+        head, tail = f"{first.backend}: timed out (", f"){also}"
+    else:
+        head, tail = f"{first.backend}: decoding failed (", f"){also}"
+        decoded = _count_decodable(path)
+    # The library's message gives way, so the backends named after it and the count of decoded
+    # frames VideoDecodeError appends stay whole.
+    appended = len(f" (decoded {decoded} frames before the failure)") if decoded is not None else 0
+    detail = one_line(_short(first.error), REASON_MAX_CHARS - appended - len(head) - len(tail))
+    return VideoDecodeError(path, f"{head}{detail}{tail}", decoded)
 
 
 def _short(error: BaseException) -> str:

@@ -200,17 +200,28 @@ def _published_weights(name: str, weights: str | dict, pretrained: Any, num_clas
 
 
 def _plan(name: str, num_classes: int | None, pretrained: Any, overrides: dict[str, Any],
-          weights: str | dict | None = None):
-    """(checkpoint read once or None, builder kwargs, spec as built) for `create_model`'s arguments."""
+          weights: str | dict | None = None, meta_only: bool = False):
+    """(checkpoint read once or None, builder kwargs, spec as built) for `create_model`'s arguments.
+
+    `meta_only` (the spec alone, nothing loaded): a file's metadata is read memory-mapped rather than
+    the whole file, and published weights are not opened at all: the catalogue entry says how their
+    model is built (its classes and `model_kwargs`; their foreign layouts record nothing of ours).
+    The checkpoint returned is then None."""
     spec = get_spec(name)
-    if weights is not None:
+    published = weights is not None
+    if published:
         pretrained, num_classes, overrides = _published_weights(name, weights, pretrained, num_classes, overrides)
     meta = {}
     if pretrained is not None:
         from spatiotemporal.convert import read_checkpoint, read_checkpoint_meta
 
-        pretrained = read_checkpoint(pretrained)  # read once, for the metadata and the weights
-        meta = read_checkpoint_meta(pretrained)
+        if not meta_only:
+            pretrained = read_checkpoint(pretrained)  # read once, for the metadata and the weights
+            meta = read_checkpoint_meta(pretrained)
+        elif not published:
+            meta = read_checkpoint_meta(pretrained)  # memory-mapped: the weights stay on disk
+    if meta_only:
+        pretrained = None
     overrides = canonical_kwargs(spec, overrides, "the arguments")
     kwargs = recorded_kwargs(spec, meta, overrides)
     if num_classes is None:
@@ -252,8 +263,25 @@ def create_model(
 def resolved_spec(name: str, pretrained: Any = None, weights: str | dict | None = None,
                   **overrides: Any) -> ModelSpec:
     """`create_model(name, pretrained=..., **overrides).spec` without building the model: for a front
-    end that cuts clips before (or away from) where the model is built."""
-    return _plan(name, None, pretrained, overrides, weights)[2]
+    end that cuts clips before (or away from) where the model is built. A checkpoint's metadata is
+    read memory-mapped; published weights are fetched into the cache (so a missing file is an error
+    here) but not read: their catalogue entry gives the classes and arguments."""
+    return _plan(name, None, pretrained, overrides, weights, meta_only=True)[2]
+
+
+def model_skeleton(name: str, pretrained: Any = None, weights: str | dict | None = None, **overrides: Any):
+    """The architecture `create_model(name, pretrained=..., weights=..., **overrides)` builds, on the
+    meta device: the same constructor arguments and `spec` (resolved as `resolved_spec` resolves
+    them), no weights and no memory. For what needs a model's layers and shapes alone (the
+    precision probe's matmul shapes) where the model itself is built elsewhere."""
+    import torch
+
+    _, kwargs, spec = _plan(name, None, pretrained, overrides, weights, meta_only=True)
+    with torch.device("meta"):
+        model = spec.builder(**kwargs)
+    model.spec = spec
+    model.num_classes = kwargs["num_classes"]
+    return model
 
 
 def count_parameters(model) -> int:

@@ -141,19 +141,19 @@ def read_state(directory: Path) -> dict:
     crash) is a CheckpointError naming it."""
     from spatiotemporal.convert import load_torch_file
     from spatiotemporal.io.errors import CheckpointError
+    from spatiotemporal.io.torch_files import is_torch_file
 
     path = directory / STATE_FILE
     if not path.is_file():
         raise CheckpointError(path, "no such file")
-    with open(path, "rb") as file:  # `save` writes torch's zip format; an empty or foreign file is not one
-        if file.read(4) != b"PK\x03\x04":
-            raise CheckpointError(path, "cannot be read (not a file torch.save wrote)")
+    if not is_torch_file(path):  # an empty or foreign file, which torch.load would misreport
+        raise CheckpointError(path, "cannot be read (not a file torch.save wrote)")
     try:
         state = load_torch_file(path, mmap=True)
     except Exception as error:  # torch reports a damaged file as whatever its zip or pickle reader hit
         text = str(error).strip()
-        # torch's first sentence says what broke; the rest is advice
-        reason = text.splitlines()[0].split(". ")[0][:160] if text else type(error).__name__
+        # torch's first sentence says what broke; the rest is advice (CheckpointError keeps it one line)
+        reason = text.splitlines()[0].split(". ")[0] if text else type(error).__name__
         raise CheckpointError(path, f"cannot be read ({reason})") from None
     keys = ("position", "model", "optimizer", "schedule", "config", "rng")
     missing = [k for k in keys if not isinstance(state, dict) or k not in state]

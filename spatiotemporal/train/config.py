@@ -224,20 +224,26 @@ def read_config_file(path: str | Path) -> dict:
     return {} if raw is None else raw
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None, data: dict | None = None) -> dict:
+def merged_config(path: str | Path | None = None, overrides: list[str] | None = None, data: dict | None = None) -> dict:
     """Defaults <- YAML file <- `data` <- overrides, every setting checked against DEFAULTS (known
-    key, its type); the model must be registered and of the task's kind. Raises ConfigError (a
-    ValueError) naming the file or override and the setting."""
+    key, its type), without the model registry: torch-free, so a command can read settings such as
+    ray.address before it loads torch. Raises ConfigError (a ValueError) or FileNotFoundError
+    naming the file or override and the setting."""
+    config = DEFAULTS
+    if path is not None:
+        config = _merge(config, read_config_file(path), str(path))
+    if data is not None:
+        config = _merge(config, data, "the config" if path is None else "the given settings")
+    return apply_overrides(config, overrides or [])
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, data: dict | None = None) -> dict:
+    """`merged_config`, and the model must be registered and of the task's kind. Raises
+    ConfigError (a ValueError) naming the file or override and the setting."""
     from spatiotemporal.models.registry import get_spec
 
-    config = DEFAULTS
-    source = "the config"
-    if path is not None:
-        source = str(path)
-        config = _merge(config, read_config_file(path), source)
-    if data is not None:
-        config = _merge(config, data, source if path is None else "the given settings")
-    config = apply_overrides(config, overrides or [])
+    config = merged_config(path, overrides, data)
+    source = "the config" if path is None else str(path)
     name = config["model"]["name"]
     if not name:
         raise ConfigError(f"{source}: names no model (model.name)")
@@ -258,10 +264,27 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         from spatiotemporal.weights import get_entry
 
         try:  # the name only: the file is fetched when the run starts
-            get_entry(config["model"]["weights"], model=name)
+            entry = get_entry(config["model"]["weights"], model=name)
+            # The release's own arguments (TimeSformer-L's 64-frame SSv2 model), under the config's:
+            # the clips cut, the model built and what its checkpoints record all read them here.
+            kwargs = with_entry_kwargs(spec, config["model"]["kwargs"], entry)
         except ValueError as error:
             raise ConfigError(f"{source}: model.weights: {error}") from None
+        config["model"] = {**config["model"], "kwargs": kwargs}
     return config
+
+
+def with_entry_kwargs(spec, kwargs: dict, entry, previous=None) -> dict:
+    """A config's `model.kwargs` with the catalogue entry's `model_kwargs` under them (the config's
+    explicit arguments win, under old names too). `previous`: the entry those kwargs were merged
+    with before, whose arguments are taken out first (a config of one release evaluating another)."""
+    from spatiotemporal.models.registry import canonical_kwargs
+
+    kwargs = dict(kwargs)
+    if previous is not None and previous.name != entry.name:
+        kwargs = {k: v for k, v in kwargs.items() if k not in previous.model_kwargs or previous.model_kwargs[k] != v}
+    given = canonical_kwargs(spec, kwargs, "model.kwargs")
+    return {**{k: v for k, v in entry.model_kwargs.items() if k not in given}, **kwargs}
 
 
 def check_data_root(config: dict, source: str | Path | None = None) -> Path:

@@ -354,7 +354,7 @@ def _fit(config: dict, resume: bool, address: str | None) -> dict:
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from spatiotemporal.cluster import cluster_to_join, start_ray
+    from spatiotemporal.cluster import start_ray
     from spatiotemporal.train.config import check_data_root
     from spatiotemporal.train.logs import read_metrics
     from spatiotemporal.train.progress import FollowProgress
@@ -372,11 +372,10 @@ def _fit(config: dict, resume: bool, address: str | None) -> dict:
     loop_config["_resume_dir"] = None if start is None else str(start)
     rcfg = config["ray"]
     address = address or rcfg["address"]
-    # One line for a cluster the run cannot join (not Ray's C++ retries), and no run directory.
-    cluster_to_join(address)
-    run_dir.mkdir(parents=True, exist_ok=True)
 
     cpus = max(os.cpu_count() or 1, rcfg["num_workers"] * int(rcfg["resources_per_worker"].get("CPU", 1)))
+    # A cluster the run cannot join is one line (start_ray checks it: not Ray's C++ retries) and
+    # leaves no run directory.
     started_here = start_ray(
         address,
         local={"num_cpus": cpus, "include_dashboard": False,
@@ -384,6 +383,7 @@ def _fit(config: dict, resume: bool, address: str | None) -> dict:
         runtime_env=train_runtime_env(local_without_dashboard=False),
     )  # fmt: skip
     try:
+        run_dir.mkdir(parents=True, exist_ok=True)
         check_cluster_fits(rcfg, ray.cluster_resources())
         # Published weights to fine-tune from: fetched here once, then at most once per node.
         loop_config = share_config_weights(loop_config)

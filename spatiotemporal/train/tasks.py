@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from spatiotemporal.data.point_transforms import point_features
-from spatiotemporal.models.registry import create_model, get_spec, point_feature_keys
+from spatiotemporal.models.registry import canonical_kwargs, create_model, get_spec, point_feature_keys
 
 
 def load_weights(model, path: str | Path) -> str:
@@ -29,10 +29,11 @@ def build_configured_model(config: dict, num_classes: int):
     """The config's model with `num_classes` outputs. With `model.weights` it starts from those
     published weights (or from the driver's share of them, `_weights`, in a Ray Train worker),
     loaded strictly; a head for another number of classes is then replaced by a new one, as
-    fine-tuning on a new label set needs."""
+    fine-tuning on a new label set needs. A run resuming from a checkpoint (`_resume_dir`) builds
+    the same architecture without the published file: the checkpoint's weights replace it."""
     name, kwargs = config["model"]["name"], dict(config["model"]["kwargs"])
     weights = config.get("_weights") or config["model"].get("weights")
-    if not weights:
+    if not weights or config.get("_resume_dir"):
         return create_model(name, num_classes=num_classes, **kwargs)
     model = create_model(name, weights=weights, **kwargs)
     if model.num_classes != num_classes:
@@ -50,10 +51,15 @@ def evaluation_config(config: dict, weights: str | None) -> dict:
     replaced), or with None a checkpoint loaded after the build (so no fine-tuning start is fetched)."""
     model = dict(config["model"])
     if weights:
+        from spatiotemporal.train.config import with_entry_kwargs
         from spatiotemporal.weights import get_entry
 
         entry = get_entry(weights, model["name"])
-        model.update(weights=entry.name, num_classes=entry.num_classes)
+        # The config's kwargs hold its own model.weights' arguments already (load_config): those
+        # are swapped for these weights' own (TimeSformer-L SSv2: 64 frames).
+        previous = get_entry(model["weights"], model["name"]) if model.get("weights") else None
+        kwargs = with_entry_kwargs(get_spec(model["name"]), model["kwargs"], entry, previous)
+        model.update(weights=entry.name, num_classes=entry.num_classes, kwargs=kwargs)
     else:
         model["weights"] = None
     return {**config, "model": model}
@@ -61,9 +67,10 @@ def evaluation_config(config: dict, weights: str | None) -> dict:
 
 def share_config_weights(config: dict) -> dict:
     """On the Ray Train driver, Ray started: `config` with `model.weights` resolved here once
-    (downloaded into the cache on first use) and described for the workers (`_weights`)."""
+    (downloaded into the cache on first use) and described for the workers (`_weights`). Not when
+    the run resumes (`_resume_dir`): its checkpoint replaces the published weights."""
     weights = config["model"].get("weights")
-    if not weights:
+    if not weights or config.get("_resume_dir"):
         return config
     from spatiotemporal.weights import share_weights
 
@@ -83,7 +90,9 @@ class VideoTask:
         self.config = config
         self.spec = get_spec(config["model"]["name"])
         data = config["data"]
-        self.num_frames = data["num_frames"] or self.spec.num_frames
+        # The model's frames: its kwargs' (a release's own, merged in by load_config), else the spec's.
+        model_frames = canonical_kwargs(self.spec, config["model"]["kwargs"]).get("num_frames")
+        self.num_frames = data["num_frames"] or model_frames or self.spec.num_frames
         self.frame_stride = data["frame_stride"] or self.spec.frame_stride
         self.crop_size = data["crop_size"] or self.spec.crop_size
         self.short_side = data["short_side"] or self.crop_size
