@@ -687,14 +687,16 @@ def _printable(text: str) -> str:
 def model_identity(model: str, checkpoint: str | None, weights: str | None, random_weights: bool) -> dict[str, Any]:
     """The part of an inference job's `identity` (see run_job) that says which model made its rows:
     a checkpoint by its resolved path and its SHA-256 (a model retrained into the same file is
-    another model), published weights by their entry's name."""
+    another model), published weights by their entry's full name, however they were spelt ("k400"
+    with the model, or "mvitv2_s.k400": one entry, one identity)."""
+    from spatiotemporal.weights import get_entry
     from spatiotemporal.weights.download import sha256_of
 
     return {
         "model": model,
         "checkpoint": os.path.realpath(checkpoint) if checkpoint else None,
         "checkpoint_sha256": sha256_of(checkpoint) if checkpoint else None,
-        "weights": weights or None,
+        "weights": get_entry(weights, model).name if weights else None,
         "random_weights": bool(random_weights),
     }
 

@@ -79,6 +79,20 @@ def ray_cluster():
     ray.shutdown()
 
 
+@pytest.fixture(scope="module")
+def train_ray_cluster():
+    """The local Ray that `fit` would start itself (two CPUs, Train's runtime env), shared by a
+    test module's training runs."""
+    import ray
+
+    from spatiotemporal.train.ray_env import train_runtime_env
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env=train_runtime_env(local_without_dashboard=True))  # fmt: skip
+    yield
+    ray.shutdown()
+
+
 @pytest.fixture()
 def misfitting_checkpoint(tmp_path: Path) -> Path:
     """A vivit_tiny checkpoint that reads fine on the driver but whose 3-wide head does not fit

@@ -330,3 +330,14 @@ def test_dataloader_with_workers_collates_train_and_test_samples(synthetic):
     batch = next(iter(torch.utils.data.DataLoader(test, batch_size=3, num_workers=2)))
     assert batch["video"].shape == (3, 6, 3, 4, 48, 48)
     assert np.array_equal(batch["index"].numpy(), [0, 1, 2])
+
+
+def test_integer_labels_index_the_classes_json_beside_the_list(synthetic, tmp_path):
+    """mmaction2's Kinetics lists are `path index` lines; a partial one still has every class."""
+    first = sorted((synthetic / "train").glob("*.mp4"))[0]
+    shutil.copyfile(first, tmp_path / "clip.mp4")
+    (tmp_path / "list.txt").write_text("clip.mp4 1\n")
+    ClassIndex(("abseiling", "air drumming", "answering questions", "applauding")).save(tmp_path / "classes.json")
+    dataset = KineticsDataset.from_list_file(tmp_path / "list.txt", transform=SMALL, clip=CLIP, seed=0)
+    assert dataset.classes.names == ("abseiling", "air drumming", "answering questions", "applauding")
+    assert dataset.labels == [1]

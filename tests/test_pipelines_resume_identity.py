@@ -188,3 +188,11 @@ def test_an_outdir_of_video_predictions_from_before_job_json_resumes(predicted, 
                                 views="1x1", topk=1, progress=False)
     assert (again.ok, again.failed, again.skipped) == (0, 0, 4)
     assert (out / JOB_FILE).read_text() == recorded
+
+
+def test_published_weights_have_one_identity_however_they_are_spelt():
+    from pipelines.job import model_identity
+
+    short = model_identity("mvitv2_s", None, "k400_slowfast", False)
+    assert short == model_identity("mvitv2_s", None, "mvitv2_s.k400_slowfast", False)
+    assert short["weights"] == "mvitv2_s.k400_slowfast"

@@ -16,22 +16,12 @@ from spatiotemporal.train.config import load_config
 from spatiotemporal.train.logs import read_metrics
 from spatiotemporal.train.loop import fit
 from spatiotemporal.train.optim import cosine_with_warmup
-from spatiotemporal.train.ray_env import train_runtime_env
 
 # Resumed and uninterrupted runs take the same steps on the same samples with the same RNG
 # streams; only float summation order could differ, so the tolerance is tight.
 TOLERANCE = 1e-6
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    # The cluster `fit` would start itself, shared by the module's runs.
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env=train_runtime_env(local_without_dashboard=True))  # fmt: skip
-    yield
-    ray.shutdown()
 
 
 def _config(data, out, name, *extra):
@@ -63,7 +53,7 @@ RANDOM_LAYERS = (
 
 
 @pytest.mark.slow
-def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(tiny_kinetics, ray_cluster, tmp_path):
+def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(tiny_kinetics, train_ray_cluster, tmp_path):
     # 16 videos / (2 workers x batch 2) = 4 micro-batches = 2 steps per epoch; 4 steps in all.
     straight = fit(_config(tiny_kinetics, tmp_path, "straight", *RANDOM_LAYERS))
     with pytest.raises(Exception, match="crash_at_step=3"):
@@ -93,7 +83,7 @@ def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(tiny_kinetics, ra
 
 
 @pytest.mark.slow
-def test_a_run_writes_jsonl_tensorboard_curves_and_a_kinetics_report(tiny_kinetics, ray_cluster, tmp_path):
+def test_a_run_writes_jsonl_tensorboard_curves_and_a_kinetics_report(tiny_kinetics, train_ray_cluster, tmp_path):
     fit(_config(tiny_kinetics, tmp_path, "logs", "schedule.epochs=1", "train.bf16=true", "train.activation_checkpointing=true"))
     run = tmp_path / "logs"
     rows = read_metrics(run / "metrics.jsonl")
@@ -105,7 +95,7 @@ def test_a_run_writes_jsonl_tensorboard_curves_and_a_kinetics_report(tiny_kineti
     assert (run / "confusion.png").exists()
 
 
-def test_paths_relative_to_the_callers_directory_reach_the_workers(tiny_kinetics, ray_cluster, tmp_path, monkeypatch):
+def test_paths_relative_to_the_callers_directory_reach_the_workers(tiny_kinetics, train_ray_cluster, tmp_path, monkeypatch):
     """Ray Train workers run in a directory of their own; `make demo` passes relative paths."""
     import os
 
@@ -125,7 +115,7 @@ def test_a_fresh_run_refuses_to_overwrite_an_existing_one(tiny_kinetics, tmp_pat
 
 
 @pytest.mark.slow
-def test_a_run_that_failed_before_its_first_checkpoint_can_start_again_under_its_name(tiny_kinetics, ray_cluster, tmp_path):
+def test_a_run_that_failed_before_its_first_checkpoint_can_start_again_under_its_name(tiny_kinetics, train_ray_cluster, tmp_path):
     with pytest.raises(Exception, match="crash_at_step=1"):
         fit(_config(tiny_kinetics, tmp_path, "again", "train.log_every=10", "train.checkpoint_every=0", "train.crash_at_step=1"))
     assert (tmp_path / "again" / ".validate_storage_marker").exists()  # Ray Train's, written at once
@@ -135,7 +125,7 @@ def test_a_run_that_failed_before_its_first_checkpoint_can_start_again_under_its
 
 @pytest.mark.slow
 def test_resume_after_an_unreadable_checkpoint_and_with_more_epochs_follows_the_new_schedule(
-    tiny_kinetics, ray_cluster, tmp_path, capsys
+    tiny_kinetics, train_ray_cluster, tmp_path, capsys
 ):
     fit(_config(tiny_kinetics, tmp_path, "longer", "schedule.epochs=1"))  # checkpoints at steps 1 and 2
     newest = ckpt.latest_checkpoint(tmp_path / "longer")
@@ -152,7 +142,7 @@ def test_resume_after_an_unreadable_checkpoint_and_with_more_epochs_follows_the_
         assert row["lr"] == pytest.approx(cosine_with_warmup(row["step"] - 1, 6, 1, 1e-3, 1e-6), rel=1e-12)
 
 
-def test_workers_the_cluster_has_no_gpus_for_are_refused_instead_of_awaited(tiny_kinetics, ray_cluster, tmp_path):
+def test_workers_the_cluster_has_no_gpus_for_are_refused_instead_of_awaited(tiny_kinetics, train_ray_cluster, tmp_path):
     import ray
 
     gpus = int(ray.cluster_resources().get("GPU", 0))

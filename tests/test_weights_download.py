@@ -6,7 +6,6 @@ catalogue entry whose file loads strictly into its model and predicts."""
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import subprocess
@@ -17,20 +16,9 @@ import pytest
 import torch
 
 from spatiotemporal.weights import WeightsError, get_entry, manual_path, weights_file
-from tests.weights_server import WeightsServer, cache, etag, server  # noqa: F401 (fixtures)
+from tests.weights_server import WeightsServer, as_published, cache, etag, mirror_path, saved, server  # noqa: F401 (fixtures)
 
 SWIN = "swin3d_t.k400_official"  # a Video Swin release: no published hash
-
-
-def mirror_path(name: str) -> str:
-    """The URL path the loopback mirror serves an entry's file at."""
-    return "/" + get_entry(name).url.split("://", 1)[1].split("?", 1)[0]
-
-
-def saved(obj) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    return buffer.getvalue()
 
 
 def test_a_download_lands_in_the_cache_and_is_used_with_the_server_gone(server, cache):
@@ -129,12 +117,11 @@ def test_a_hub_repo_comes_through_huggingface_hub_from_hf_endpoint_and_then_offl
 
 
 def test_a_catalogue_entry_loads_strictly_into_its_model_and_predicts(server, cache):
-    from spatiotemporal.convert import official_videoswin
     from spatiotemporal.models import create_model
 
     torch.manual_seed(0)
     source = create_model("swin3d_t").eval()
-    server.files[mirror_path(SWIN)] = saved({"meta": {}, "state_dict": official_videoswin.from_ours(source.state_dict())})
+    server.files[mirror_path(SWIN)] = saved(as_published(SWIN, source.state_dict()))
     model = create_model("swin3d_t", weights="k400_official").eval()  # strict by default
     clip = torch.randn(1, 3, 4, 64, 64)
     with torch.no_grad():

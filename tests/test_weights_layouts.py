@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 
 import pytest
@@ -16,16 +15,7 @@ import torch
 
 from spatiotemporal.models import create_model
 from spatiotemporal.weights import get_entry
-from tests.weights_server import WeightsServer, cache, server  # noqa: F401 (fixtures)
-
-
-def serve(server: WeightsServer, name: str, obj) -> bytes:
-    """`obj` saved with torch.save, served where the mirror has the entry's URL."""
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    body = buffer.getvalue()
-    server.files["/" + get_entry(name).url.split("://", 1)[1].split("?", 1)[0]] = body
-    return body
+from tests.weights_server import as_published, cache, saved, serve, server  # noqa: F401 (fixtures)
 
 
 def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
@@ -52,12 +42,9 @@ def test_a_torchvision_pth_comes_through_the_download_path_and_matches_torchvisi
 
 @pytest.mark.slow  # full-size models: about half a minute each on two cores
 def test_a_slowfast_pyth_comes_through_the_download_path_and_predicts_as_its_source(server, cache):
-    from spatiotemporal.convert import official_slowfast
-
     torch.manual_seed(0)
     source = create_model("mvitv2_s").eval()
-    serve(server, "mvitv2_s.k400_slowfast", {"model_state": official_slowfast.from_ours(source.state_dict()),
-                                             "epoch": 200})
+    serve(server, "mvitv2_s.k400_slowfast", as_published("mvitv2_s.k400_slowfast", source.state_dict()))
     model = create_model("mvitv2_s", weights="k400_slowfast").eval()  # strict
     clip = torch.randn(1, 3, 16, 224, 224)
     with torch.no_grad():
@@ -73,10 +60,8 @@ def test_a_hub_repo_tree_comes_through_hf_endpoint_and_matches_transformers(serv
     reference = TimesformerForVideoClassification(config).eval()
     with torch.no_grad():  # HF starts the time table at zero, which would hide a misplaced one
         reference.timesformer.embeddings.time_embeddings.normal_(std=0.5)
-    buffer = io.BytesIO()
-    torch.save(reference.state_dict(), buffer)
     repo = get_entry("timesformer_base.k400_hf").hf_repo
-    server.files[f"/{repo}/resolve/main/pytorch_model.bin"] = buffer.getvalue()
+    server.files[f"/{repo}/resolve/main/pytorch_model.bin"] = saved(reference.state_dict())
     server.files[f"/{repo}/resolve/main/config.json"] = json.dumps(config.to_dict()).encode()
     model = create_model("timesformer_base", weights="k400_hf", num_frames=4, image_size=64).eval()
     clip = torch.randn(2, 4, 3, 64, 64)
@@ -87,13 +72,12 @@ def test_a_hub_repo_tree_comes_through_hf_endpoint_and_matches_transformers(serv
 
 @pytest.mark.slow  # full-size models: about half a minute each on two cores
 def test_a_training_config_fine_tunes_from_an_entry_with_a_new_head(server, cache):
-    from spatiotemporal.convert import official_videoswin
     from spatiotemporal.train.config import load_config
     from spatiotemporal.train.tasks import build_configured_model
 
     torch.manual_seed(0)
     source = create_model("swin3d_t").eval()
-    serve(server, "swin3d_t.k400_official", {"meta": {}, "state_dict": official_videoswin.from_ours(source.state_dict())})
+    serve(server, "swin3d_t.k400_official", as_published("swin3d_t.k400_official", source.state_dict()))
     config = load_config(data={"model": {"name": "swin3d_t", "weights": "k400_official"}})
     model = build_configured_model(config, num_classes=7)
     assert model.num_classes == 7 and model.head.out_features == 7

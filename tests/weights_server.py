@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -111,6 +112,46 @@ class WeightsServer:
     def stop(self):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def mirror_path(name: str) -> str:
+    """The URL path the loopback mirror (SPATIOTEMPORAL_WEIGHTS_MIRROR) serves an entry's file at."""
+    from spatiotemporal.weights import get_entry
+
+    return "/" + get_entry(name).url.split("://", 1)[1].split("?", 1)[0]
+
+
+def saved(obj) -> bytes:
+    """`obj` as torch.save writes it, as every publisher here saves its checkpoints."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def serve(server: WeightsServer, name: str, obj) -> bytes:
+    """`obj` saved with torch.save, served where the mirror has the entry's URL; returns the body."""
+    body = saved(obj)
+    server.files[mirror_path(name)] = body
+    return body
+
+
+def as_published(name: str, state_dict: dict):
+    """Our model's `state_dict` as the publisher of the plain-URL entry `name` lays out its file:
+    torchvision's bare state dict, SlowFast's `.pyth` ({"model_state": ..., "epoch"}: its names),
+    Video Swin's `.pth` ({"meta", "state_dict"}: mmaction2's names)."""
+    from spatiotemporal.convert import official_slowfast, official_videoswin
+    from spatiotemporal.weights import get_entry
+
+    layout = get_entry(name).layout
+    if layout == "torchvision":
+        return dict(state_dict)
+    if layout == "slowfast":
+        return {"model_state": official_slowfast.from_ours(state_dict), "epoch": 200}
+    if layout == "videoswin":
+        return {"meta": {}, "state_dict": official_videoswin.from_ours(state_dict)}
+    raise ValueError(f"{name}: no generator for the {layout!r} layout here")
 
 
 # The fixtures every weights test uses: a server started per test, and a cache, hub cache and

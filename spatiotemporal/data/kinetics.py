@@ -373,9 +373,12 @@ class KineticsDataset(torch.utils.data.Dataset):
     @classmethod
     def from_list_file(cls, list_path: str | os.PathLike, root=None, *, classes=None, **kwargs) -> KineticsDataset:
         records = read_list_file(list_path, root)
-        if classes is None and all(r.label.isdigit() for r in records):
+        # Integer labels index themselves; with a classes.json beside the list (mmaction2's `path
+        # index` lists of Kinetics) they index its names, however few of the classes the list holds.
+        index_beside = (Path(list_path).parent / CLASS_INDEX_FILE).is_file()
+        if classes is None and not index_beside and all(r.label.isdigit() for r in records):
             count = max(int(r.label) for r in records) + 1
-            classes = [str(i) for i in range(count)]  # integer labels index themselves
+            classes = [str(i) for i in range(count)]
         return cls(records, resolve_classes(classes, records, Path(list_path).parent), **kwargs)
 
     @classmethod
