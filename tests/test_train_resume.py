@@ -22,8 +22,6 @@ from spatiotemporal.train.optim import cosine_with_warmup
 TOLERANCE = 1e-6
 
 
-
-
 def _config(data, out, name, *extra):
     # Every optimisation feature whose state must survive a restart is switched on:
     # accumulation, EMA, mixup/cutmix RNG, label smoothing, clipping, warmup + cosine, LLRD.

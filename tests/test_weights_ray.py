@@ -14,7 +14,7 @@ import time
 import pytest
 
 from spatiotemporal.weights import WeightsError, get_entry, local_weights, manual_path, share_weights
-from tests.weights_server import WeightsServer
+from tests.weights_server import WeightsServer, mirror_path
 
 SWIN = "swin3d_t.k400_official"
 FILE = "swin_tiny_patch244_window877_kinetics400_1k.pth"
@@ -25,7 +25,7 @@ def driver_cache(tmp_path, monkeypatch):
     """The driver's cache, holding the entry's file as a download from a loopback server left it."""
     server = WeightsServer()
     body = os.urandom(1_500_000)
-    server.files["/" + get_entry(SWIN).url.split("://", 1)[1]] = body
+    server.files[mirror_path(SWIN)] = body
     monkeypatch.setenv("SPATIOTEMPORAL_CACHE", str(tmp_path / "driver"))
     monkeypatch.setenv("SPATIOTEMPORAL_WEIGHTS_MIRROR", server.url)
     monkeypatch.delenv("SPATIOTEMPORAL_OFFLINE", raising=False)

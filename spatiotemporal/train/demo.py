@@ -5,8 +5,9 @@ Two budgets (`DemoBudget`):
 - LEARN, the default: models that learn, in minutes on two CPU cores. The video model is the
   learning proof's tiny TimeSformer on its motion-only synthetic Kinetics, for 20 epochs where the
   proof trains 40 (top-1 0.94 and 0.92 on 64 clips where measured, 0.91 on 256; the bar is 0.90:
-  on the slope of the curve, which the proof's 40 epochs leave at 0.96). A tiny ViViT on 40 epochs ended at 0.875, and the
-  TimeSformer on 25 at 0.84 after 20 (its cosine schedule still high): neither is used. The point
+  on the slope of the curve, which the proof's 40 epochs leave at 0.96). A tiny ViViT on 40 epochs
+  ended at 0.875, and the TimeSformer on 25 at 0.84 after 20 (its cosine schedule still high):
+  neither is used. The point
   model is the proof's tiny Point Transformer on the proof's 40 + 10 rooms, for 24 of its 34
   epochs (the bar is mIoU 0.60 with the official semantics; the proof's is 0.70): measured mIoU
   0.423 after 12 epochs and 0.610 after 24, 428 CPU s for the stage (data, training, evaluation).
