@@ -83,7 +83,7 @@ def run(args) -> str:
 
     import torch
 
-    from benchmarks.run import matrix_units
+    from spatiotemporal.machine import matrix_units
     from spatiotemporal.models import create_model
     from spatiotemporal.precision import BF16_MARGIN, PROBE_MAX_ROWS, has_native_bf16, store_autocast_weights
 

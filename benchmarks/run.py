@@ -22,33 +22,7 @@ import sys
 from pathlib import Path
 
 import benchmarks
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def matrix_units() -> str:
-    """What this CPU multiplies matrices with: the units that decide bf16's speed, else the widest
-    vector ISA torch dispatches to."""
-    import torch
-
-    if torch.cpu._is_amx_tile_supported():
-        return "AMX"
-    if torch.cpu._is_avx512_bf16_supported():
-        return "AVX512-BF16"
-    return torch.backends.cpu.get_cpu_capability()
-
-
-def machine_kind() -> str:
-    """The kind of machine a section is kept per: 'Intel(R) Xeon(R) Processor, AMX'."""
-    return f"{cpu_name()}, {matrix_units()}"
+from spatiotemporal.machine import cpu_name, machine_kind
 
 
 def machine_key(kind: str) -> str:

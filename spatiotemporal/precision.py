@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -396,18 +395,9 @@ def precision_cache_path() -> Path:
 def machine_identity() -> str:
     """The CPU model name and a digest of its feature flags: a timing holds only on the same kind
     of CPU with the same instructions (a VM can hide AMX from the same model)."""
-    name, flags = "", ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and not name:
-                name = value.strip()
-            elif key.strip() in ("flags", "Features") and not flags:  # x86, ARM
-                flags = " ".join(sorted(value.split()))
-    except OSError:
-        pass
-    name = name or platform.processor() or platform.machine()
-    return f"{name}; flags {hashlib.sha256(flags.encode()).hexdigest()[:16]}"
+    from spatiotemporal.machine import cpu_flags, cpu_name
+
+    return f"{cpu_name()}; flags {hashlib.sha256(cpu_flags().encode()).hexdigest()[:16]}"
 
 
 def _cache_identity() -> dict:

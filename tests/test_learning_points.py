@@ -2,23 +2,21 @@
 
 Each test trains a shipped tiny config, with the budget the config sets, through the real Ray
 Train path (`fit`) on 40 synthetic rooms, and reads the mIoU that the ScanNet evaluator reports on
-10 held-out rooms: full resolution (grid fragments voted onto every vertex), the official
-benchmark's semantics (20 classes, other labels ignored). Issue 5's bar is 70% mIoU.
+20 held-out rooms: full resolution (grid fragments voted onto every vertex), the official
+benchmark's semantics (20 classes, other labels ignored). Issue 5's bar is 70% mIoU; issue 33 asks
+each proof to clear it by 0.03 on every kind of CPU, with the result on a plateau of its curve
+(each config records its curve), and the printed line says the margin and the CPU kind.
 
-Issue 5 also asks for this within 10 minutes of CPU time, and the config's budget was sized to
-it. The CPU seconds of the whole process tree, Ray's daemons included, are printed but not
-asserted: this shared machine runs the same work at up to half speed at some hours, and timings
-are measured, not asserted in tests.
+The CPU seconds of the whole process tree, Ray's daemons included, are printed but not asserted:
+timings are measured, not asserted in tests.
 
-Measured on this 2-core machine:
-- Point Transformer: mIoU 0.729 on the 10 held-out rooms, 403-480 CPU s for the whole process tree
-  (one Ray Train worker on one core, plus Ray's daemons and the driver), 362-411 s wall.
-- Stratified Transformer: mIoU 0.709 (the same in every run: `fit` is deterministic here), 483-535
-  CPU s for the whole tree, 429-466 s wall (0.27-0.29 s a step; of it the worker's steps ~435 s, the
-  evaluation ~40 s, Ray's own processes ~50 s); at slower hours 663-735 CPU s (0.33-0.40 s a
-  step), over the 10 minutes. Its margin over the bar is thin: 60 epochs reach 0.700, and other
-  seeds and loops moved the mIoU by 0.02-0.04.
-The same configs at another hour ran their steps up to 1.4x slower.
+Measured on AMD EPYC (AVX512-BF16), 2 cores, one Ray Train worker on both (mIoU on 20 rooms):
+- Point Transformer, 48 epochs: 0.823 (0.809 after 36), 2.4-2.6 steps a second, about 110 s for
+  the evaluation of 20 rooms;
+- Stratified Transformer, 90 epochs: 0.772 (0.763 after 75), 4.3 steps a second, about 60 s for
+  the evaluation.
+Before issue 33, on one thread and 10 rooms, 34 and 70 epochs stopped on the slope: 0.709-0.732,
+and an Intel Xeon scored 0.717 and 0.709.
 """
 
 from __future__ import annotations
@@ -32,10 +30,11 @@ import pytest
 from spatiotemporal.train.config import load_config
 from spatiotemporal.train.loop import fit
 from spatiotemporal.train.process_cpu import ProcessTreeCPU
+from tests.learning_margin import margin_line
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TRAIN_ROOMS, TRAIN_SEED = 40, 0
-VAL_ROOMS, VAL_SEED = 10, 1000  # another seed: no room is in both splits
+VAL_ROOMS, VAL_SEED = 20, 1000  # another seed: no room is in both splits
 SPACING = 0.05  # metres between synthetic vertices; the configs voxelize at 0.08
 MIN_MIOU = 0.70
 
@@ -66,7 +65,8 @@ def train_and_score(config_name: str, root: Path, tmp_path: Path) -> tuple[float
     with ProcessTreeCPU() as cpu:
         final = fit(config)
     run_dir = tmp_path / config["name"]
-    print(f"\n{config['name']}: mIoU {final['miou']:.3f}, {cpu.seconds:.0f} CPU s, {cpu.wall:.0f} s wall")
+    proof = f"{config['name']}, mIoU on {VAL_ROOMS} held-out rooms"
+    print(f"\n{margin_line(proof, final['miou'], MIN_MIOU)}; {cpu.seconds:.0f} CPU s, {cpu.wall:.0f} s wall")
     print((run_dir / "eval_scannet.md").read_text())
     return final["miou"], json.loads((run_dir / "eval_scannet.json").read_text())
 
