@@ -12,11 +12,12 @@ from pathlib import Path
 
 
 def _cpuinfo_field(*keys: str) -> str:
-    """The first value of any of `keys` in /proc/cpuinfo ('' where there is none, or no file)."""
+    """The first non-empty value of any of `keys` in /proc/cpuinfo ('' where there is none, or no
+    file)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
-            if key.strip() in keys:
+            if key.strip() in keys and value.strip():
                 return value.strip()
     except OSError:
         pass

@@ -8,9 +8,10 @@ Two budgets (`DemoBudget`):
   on the slope of the curve, which the proof's 40 epochs leave at 0.96). A tiny ViViT on 40 epochs
   ended at 0.875, and the TimeSformer on 25 at 0.84 after 20 (its cosine schedule still high):
   neither is used. The point model is the proof's tiny Point Transformer on the proof's 40
-  training rooms and 10 held-out ones, for 30 of its 48 epochs on both cores (the bar is mIoU 0.60
-  with the official semantics; the proof's is 0.70): measured mIoU 0.704, 263 s for the stage (0.665
-  on one thread). 24 epochs scored 0.582 on two threads and 0.610 on one: on the slope.
+  training rooms, scored on 10 held-out rooms (the proof holds out 20), on a 30-epoch schedule
+  where the proof's has 48, on both cores (the bar is mIoU 0.60 with the official semantics; the
+  proof's is 0.70): measured mIoU 0.704, 263 s for the stage (0.665 on one thread). 24-epoch
+  schedules scored 0.582 on two threads and 0.610 on one: on the slope.
 - QUICK, a smoke run of every stage in about a minute and a half: its models train for seconds, so
   their figures are at chance by design.
 """
