@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import psutil
@@ -16,6 +15,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 from pipelines import video_inference  # noqa: E402
 from pipelines.job import read_table  # noqa: E402
+from tests.ray_processes import wait_until, worker_processes  # noqa: E402
 
 MODEL = "vivit_tiny"
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,16 +75,6 @@ def run_job(videos: Path, out: Path, **kw):
                                progress=False, **kw)
 
 
-def wait_until(condition, timeout_s: float, interval_s: float = 0.1) -> bool:
-    """Polls `condition` until it holds (True) or `timeout_s` passes (False)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(interval_s)
-    return bool(condition())
-
-
 def wait_for_first_shard(out: Path, timeout_s: float = 300) -> bool:
     return wait_until(lambda: bool(list((out / "results").glob("*.parquet"))), timeout_s)
 
@@ -107,27 +97,13 @@ def test_a_job_on_an_existing_cluster_runs_tasks_on_both_nodes(cluster, videos, 
     assert set(results["infer_node"]) == nodes  # and so did the two inference actors
 
 
-def _worker_processes(marker: str) -> list[psutil.Process]:
-    """Ray workers of this test's own cluster (its raylets are our children) whose process
-    title names `marker`; other people's Ray processes on the machine are never touched."""
-    found = []
-    for proc in psutil.Process().children(recursive=True):
-        try:
-            cmdline = " ".join(proc.cmdline())
-        except psutil.Error:
-            continue
-        if cmdline.startswith("ray::") and marker in cmdline:
-            found.append(proc)
-    return found
-
-
 @pytest.mark.slow
 def test_killing_an_inference_worker_mid_job_loses_and_repeats_nothing(cluster, videos, tmp_path):
     killed: list[int] = []
 
     def kill_first_actor() -> None:
         if wait_for_first_shard(tmp_path):
-            actors = _worker_processes("MapWorker(MapBatches(Predictor))")
+            actors = worker_processes("MapWorker(MapBatches(Predictor))")
             if actors:
                 actors[0].kill()
                 killed.append(actors[0].pid)

@@ -117,6 +117,42 @@ def test_a_run_whose_checkpoints_all_fail_to_read_names_them(tmp_path):
         start_point(run, resume=True, config=config)
 
 
+class RunsCode:
+    """What a planted state.pt could hold: unpickling it calls a function of the author's choice."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_state_that_would_run_code_when_read_is_refused_and_runs_nothing(tmp_path, capsys):
+    config = video_config(tmp_path)
+    run = tmp_path / "runs" / "run"
+    save_checkpoint(run / "checkpoint_a", config, step=2)
+    save_checkpoint(run / "checkpoint_b", config, step=3)
+    state = run / "checkpoint_b" / "state.pt"
+    planted = torch.load(state, weights_only=False)
+    planted["config"]["note"] = RunsCode(tmp_path / "ran")
+    torch.save(planted, state)
+    assert start_point(run, resume=True, config=config) == run / "checkpoint_a"
+    assert capsys.readouterr().out == (
+        f"note: {state}: holds objects other than tensors and plain values, which are not loaded; "
+        "resuming from an earlier checkpoint\n"
+    )
+    with pytest.raises(Exception, match="Weights only load failed"):  # the workers' loader refuses it too
+        ckpt.load_state_file(state)
+    assert not (tmp_path / "ran").exists()
+
+
+def test_a_saved_state_loads_through_the_safe_loader_with_its_rng_states(tmp_path):
+    config = video_config(tmp_path)
+    save_checkpoint(tmp_path / "checkpoint", config)
+    state = ckpt.load_state_file(tmp_path / "checkpoint" / "state.pt")
+    assert state["rng"][0]["numpy"][0] == "MT19937" and state["rng"][0]["numpy"][1].shape == (624,)
+
+
 def test_resume_with_another_model_is_refused_before_ray_starts(tmp_path):
     import ray
 

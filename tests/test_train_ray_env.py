@@ -16,7 +16,7 @@ from spatiotemporal.train.ray_env import (
     HEALTH_CHECK_INTERVAL,
     PLACEMENT_GROUP_CLEANER_LOGGER,
     PREEMPTION_WATCHER,
-    quiet_local_cluster_logs,
+    quiet_worker_logs,
     train_runtime_env,
 )
 
@@ -59,16 +59,34 @@ def test_the_hook_silences_the_loggers_that_rays_cleaner_and_autoscaling_client_
     loggers = [*warning_only, context.logger]
     before = [logger.level for logger in loggers]
     try:
-        quiet_local_cluster_logs()
+        quiet_worker_logs()  # on a joined cluster as on a local one
         # The names still match Ray's modules.
         assert [logger.name for logger in warning_only] == [PLACEMENT_GROUP_CLEANER_LOGGER, AUTOSCALING_CLIENT_LOGGER]
         for logger in warning_only:
-            assert not logger.isEnabledFor(logging.WARNING) and logger.isEnabledFor(logging.ERROR)
+            assert not logger.filter(logger.makeRecord(logger.name, logging.WARNING, "f", 1, "busy", (), None))
+            assert logger.filter(logger.makeRecord(logger.name, logging.ERROR, "f", 1, "broken", (), None))
         # "Reporting training result", logged through a logger Ray names by its file's path.
         assert not context.logger.isEnabledFor(logging.INFO) and context.logger.isEnabledFor(logging.WARNING)
     finally:
         for logger, level in zip(loggers, before):
             logger.setLevel(level)
+            logger.filters.clear()
+
+
+def test_the_hook_drops_ray_trains_failure_tracebacks_but_keeps_the_same_loggers_other_warnings():
+    from ray.train.v2._internal import util
+    from ray.train.v2._internal.callbacks import backend_setup
+
+    try:
+        quiet_worker_logs()
+        for logger, dropped in ((util.logger, "Error in training function:\nTraceback ..."),
+                                (backend_setup.logger, "Graceful shutdown of backend failed. This is expected ...")):  # fmt: skip
+            assert not logger.filter(logger.makeRecord(logger.name, logging.ERROR, "f", 1, dropped, (), None))
+        hint = "`ray.train.report` has not been called by all 2 workers in the group."
+        assert util.logger.filter(util.logger.makeRecord(util.logger.name, logging.WARNING, "f", 1, hint, (), None))
+    finally:
+        util.logger.filters.clear()
+        backend_setup.logger.filters.clear()
 
 
 def test_a_run_on_a_local_cluster_prints_no_cleaner_warnings(tiny_kinetics, tmp_path, capfd):

@@ -5,84 +5,38 @@ failed before its first checkpoint does not hold on to its name."""
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
-import torch
 
-from spatiotemporal.convert import read_state_dict
 from spatiotemporal.train import checkpoint as ckpt
-from spatiotemporal.train.config import load_config
 from spatiotemporal.train.logs import read_metrics
 from spatiotemporal.train.loop import fit
 from spatiotemporal.train.optim import cosine_with_warmup
-
-# Resumed and uninterrupted runs take the same steps on the same samples with the same RNG
-# streams; only float summation order could differ, so the tolerance is tight.
-TOLERANCE = 1e-6
-
-
-def _config(data, out, name, *extra):
-    # Every optimisation feature whose state must survive a restart is switched on:
-    # accumulation, EMA, mixup/cutmix RNG, label smoothing, clipping, warmup + cosine, LLRD.
-    return load_config(
-        data={"model": {"name": "timesformer_tiny"}},
-        overrides=[
-            f"name={name}", f"output_dir={out}", f"data.root={data}",
-            "model.kwargs={num_frames: 4, image_size: 32, patch_size: 16, embed_dim: 32, depth: 2, num_heads: 2}",
-            "data.num_frames=4", "data.frame_stride=2", "data.crop_size=32", "data.short_side=32",
-            "data.batch_size=2", "data.hflip=false", "eval.views=1x1", "eval.batch_size=4",
-            "optim.layer_decay=0.75", "schedule.epochs=2", "schedule.warmup_epochs=0.5",
-            "train.accum_steps=2", "train.ema_decay=0.9", "train.mixup_alpha=0.8", "train.cutmix_alpha=1.0",
-            "train.label_smoothing=0.1", "train.clip_grad=1.0", "train.log_every=1", "train.checkpoint_every=1",
-            *extra,
-        ],
-    )  # fmt: skip
-
-
-# Dropout and drop path draw from each worker's torch generator, which a resumed run must take up
-# where the killed one left it. Rows every 2 steps: the killed run dies between two rows (step 3),
-# so the resumed run's first row must average step 3 (before the crash) with step 4.
-RANDOM_LAYERS = (
-    "model.kwargs={num_frames: 4, image_size: 32, patch_size: 16, embed_dim: 32, depth: 2, num_heads: 2, "
-    "drop_rate: 0.1, attn_drop_rate: 0.1, drop_path_rate: 0.2}",
-    "train.log_every=2",
-)
+from tests.train_runs import RANDOM_LAYERS, assert_trained_alike, tiny_run_config
 
 
 @pytest.mark.slow
 def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(tiny_kinetics, train_ray_cluster, tmp_path):
     # 16 videos / (2 workers x batch 2) = 4 micro-batches = 2 steps per epoch; 4 steps in all.
-    straight = fit(_config(tiny_kinetics, tmp_path, "straight", *RANDOM_LAYERS))
+    straight = fit(tiny_run_config(tiny_kinetics, tmp_path, "straight", *RANDOM_LAYERS))
     with pytest.raises(Exception, match="crash_at_step=3"):
-        fit(_config(tiny_kinetics, tmp_path, "resumed", *RANDOM_LAYERS, "train.crash_at_step=3"))
+        fit(tiny_run_config(tiny_kinetics, tmp_path, "resumed", *RANDOM_LAYERS, "train.crash_at_step=3"))
     assert ckpt.step_of(ckpt.latest_checkpoint(tmp_path / "resumed")) == 3  # mid-epoch, after an unlogged step
     saved_elapsed = json.loads((ckpt.latest_checkpoint(tmp_path / "resumed") / "position.json").read_text())["elapsed_s"]
-    resumed = fit(_config(tiny_kinetics, tmp_path, "resumed", *RANDOM_LAYERS), resume=True)
+    resumed = fit(tiny_run_config(tiny_kinetics, tmp_path, "resumed", *RANDOM_LAYERS), resume=True)
 
     assert straight["step"] == resumed["step"] == 4
-    for key in ("top1", "top5", "mean_class_accuracy"):
-        assert resumed[key] == pytest.approx(straight[key], abs=TOLERANCE)
-    rows = {name: read_metrics(tmp_path / name / "metrics.jsonl") for name in ("straight", "resumed")}
-    assert [r["step"] for r in rows["resumed"]] == [r["step"] for r in rows["straight"]]  # each step once
-    for a, b in zip(rows["straight"], rows["resumed"]):
-        if a["split"] == "train":
-            assert b["loss"] == pytest.approx(a["loss"], abs=TOLERANCE)
+    assert_trained_alike(tmp_path / "straight", tmp_path / "resumed", straight, resumed)
     # The training clock carries over the resume: step 2 was logged before the step-3 checkpoint,
     # step 4 after the resume, which starts counting from that checkpoint's time.
-    elapsed = {r["step"]: r["elapsed_s"] for r in rows["resumed"] if r["split"] == "train"}
+    rows = read_metrics(tmp_path / "resumed" / "metrics.jsonl")
+    elapsed = {r["step"]: r["elapsed_s"] for r in rows if r["split"] == "train"}
     assert elapsed[2] <= saved_elapsed < elapsed[4]
-    weights = {}
-    for name in ("straight", "resumed"):
-        final = max((tmp_path / name).glob("checkpoint_*/position.json"), key=lambda p: json.loads(p.read_text())["step"])
-        weights[name] = read_state_dict(final.parent / "model.pt")
-    for key, value in weights["straight"].items():
-        assert torch.allclose(weights["resumed"][key], value, atol=TOLERANCE), key
 
 
 @pytest.mark.slow
 def test_a_run_writes_jsonl_tensorboard_curves_and_a_kinetics_report(tiny_kinetics, train_ray_cluster, tmp_path):
-    fit(_config(tiny_kinetics, tmp_path, "logs", "schedule.epochs=1", "train.bf16=true", "train.activation_checkpointing=true"))
+    fit(tiny_run_config(tiny_kinetics, tmp_path, "logs", "schedule.epochs=1", "train.bf16=true", "train.activation_checkpointing=true"))
     run = tmp_path / "logs"
     rows = read_metrics(run / "metrics.jsonl")
     assert [r["split"] for r in rows] == ["train", "train", "val"]
@@ -100,7 +54,7 @@ def test_paths_relative_to_the_callers_directory_reach_the_workers(tiny_kinetics
     monkeypatch.chdir(tmp_path)
     relative = os.path.relpath(tiny_kinetics, tmp_path)
     assert not os.path.isabs(relative)
-    final = fit(_config(relative, "runs", "relative", "schedule.epochs=1"))
+    final = fit(tiny_run_config(relative, "runs", "relative", "schedule.epochs=1"))
     assert final["num_evaluated"] == 4
     assert (tmp_path / "runs" / "relative" / "eval_kinetics.md").is_file()
 
@@ -109,15 +63,15 @@ def test_a_fresh_run_refuses_to_overwrite_an_existing_one(tiny_kinetics, tmp_pat
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "metrics.jsonl").write_text('{"split": "train", "step": 10, "loss": 1.0}\n')
     with pytest.raises(FileExistsError, match="--resume"):
-        fit(_config(tiny_kinetics, tmp_path, "taken"))
+        fit(tiny_run_config(tiny_kinetics, tmp_path, "taken"))
 
 
 @pytest.mark.slow
 def test_a_run_that_failed_before_its_first_checkpoint_can_start_again_under_its_name(tiny_kinetics, train_ray_cluster, tmp_path):
     with pytest.raises(Exception, match="crash_at_step=1"):
-        fit(_config(tiny_kinetics, tmp_path, "again", "train.log_every=10", "train.checkpoint_every=0", "train.crash_at_step=1"))
+        fit(tiny_run_config(tiny_kinetics, tmp_path, "again", "train.log_every=10", "train.checkpoint_every=0", "train.crash_at_step=1"))
     assert (tmp_path / "again" / ".validate_storage_marker").exists()  # Ray Train's, written at once
-    final = fit(_config(tiny_kinetics, tmp_path, "again", "schedule.epochs=1"))
+    final = fit(tiny_run_config(tiny_kinetics, tmp_path, "again", "schedule.epochs=1"))
     assert final["step"] == 2 and final["num_evaluated"] == 4
 
 
@@ -125,10 +79,10 @@ def test_a_run_that_failed_before_its_first_checkpoint_can_start_again_under_its
 def test_resume_after_an_unreadable_checkpoint_and_with_more_epochs_follows_the_new_schedule(
     tiny_kinetics, train_ray_cluster, tmp_path, capsys
 ):
-    fit(_config(tiny_kinetics, tmp_path, "longer", "schedule.epochs=1"))  # checkpoints at steps 1 and 2
+    fit(tiny_run_config(tiny_kinetics, tmp_path, "longer", "schedule.epochs=1"))  # checkpoints at steps 1 and 2
     newest = ckpt.latest_checkpoint(tmp_path / "longer")
     (newest / "state.pt").write_bytes((newest / "state.pt").read_bytes()[:1000])
-    final = fit(_config(tiny_kinetics, tmp_path, "longer", "schedule.epochs=3"), resume=True)
+    final = fit(tiny_run_config(tiny_kinetics, tmp_path, "longer", "schedule.epochs=3"), resume=True)
     notes = capsys.readouterr().out
     assert f"note: {newest / 'state.pt'}: cannot be read" in notes and "resuming from an earlier checkpoint" in notes
     assert "note: schedule.epochs changes from 1 to 3; the resumed run follows the config" in notes
@@ -145,4 +99,4 @@ def test_workers_the_cluster_has_no_gpus_for_are_refused_instead_of_awaited(tiny
 
     gpus = int(ray.cluster_resources().get("GPU", 0))
     with pytest.raises(ValueError, match=rf"the Ray cluster has {gpus} GPU, the training workers need {gpus + 1} "):
-        fit(_config(tiny_kinetics, tmp_path, "gpu", "ray.use_gpu=true", f"ray.num_workers={gpus + 1}"))
+        fit(tiny_run_config(tiny_kinetics, tmp_path, "gpu", "ray.use_gpu=true", f"ray.num_workers={gpus + 1}"))

@@ -20,6 +20,7 @@ def run(args: argparse.Namespace) -> int:
 
     from spatiotemporal.cluster import ClusterJoinError, cluster_to_join
     from spatiotemporal.io.errors import InputError
+    from spatiotemporal.train.failures import TrainingStopped
     from spatiotemporal.train.config import check_data_root, load_config, merged_config
 
     # Config, data root, run directory, checkpoint and cluster are checked before any worker starts;
@@ -39,6 +40,9 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, InputError, FileNotFoundError, FileExistsError) as error:
         print(f"error: {error}")
         return 2
+    except TrainingStopped as error:  # the workers failed with no restarts left (train.max_failures)
+        print(f"error: {error}")
+        return 1
     run_dir = Path(config["output_dir"]) / config["name"]
     print(json.dumps(final, indent=2))
     for report in ("eval_kinetics.md", "eval_scannet.md"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -86,6 +87,19 @@ def save(
     )
 
 
+def _numpy_rng_globals() -> list:
+    """What a checkpoint's numpy RNG state pickles as (an ndarray of uint32): the only globals
+    torch's safe loader must be given for the training state this module writes."""
+    return [np._core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def load_state_file(path: Path, mmap: bool = False) -> dict:
+    """A state.pt, through torch's safe loader (`weights_only=True`): a run directory is data, and
+    a state.pt that someone else put there must not run code when it is read."""
+    with torch.serialization.safe_globals(_numpy_rng_globals()):
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+
+
 def load(directory: Path, rank: int, model, optimizer, schedule, ema) -> tuple[Position, list[float] | None]:
     """Restores a worker's state; returns the position and this rank's log window (None when the
     checkpoint predates saving it).
@@ -95,7 +109,7 @@ def load(directory: Path, rank: int, model, optimizer, schedule, ema) -> tuple[P
     epochs (or another lr) follows the new schedule from where it stopped, as mmaction's resume
     does. `check_resumable` refuses the changes that the saved state cannot follow.
     """
-    state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=False)
+    state = load_state_file(directory / STATE_FILE)
     model.load_state_dict(state["model"])
     configured = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
     optimizer.load_state_dict(state["optimizer"])
@@ -130,6 +144,21 @@ def _checkpoints_newest_first(run_dir: Path) -> list[tuple[Path, int | None]]:
     return [(p, steps[p]) for p in order]
 
 
+def drop_unregistered(run_dir: Path, kept: set[str], restored_step: int) -> list[str]:
+    """Deletes the checkpoints of `run_dir` that an attempt of this fit wrote but Ray Train never
+    registered (a worker died before every rank reported them): those not in `kept` (the run's
+    checkpoints when this fit started, and the one restored) past `restored_step`. Left behind,
+    Ray Train's `num_to_keep` would never delete them, and a later `--resume`, which takes the
+    newest, would continue from a step whose logged rows the restart had already cut. Returns the
+    names deleted."""
+    dropped = []
+    for directory, step in _checkpoints_newest_first(run_dir):
+        if directory.name not in kept and (step is None or step > restored_step):
+            shutil.rmtree(directory, ignore_errors=True)
+            dropped.append(directory.name)
+    return dropped
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The Ray Train checkpoint directory of a run with the most steps taken."""
     return next((p for p, step in _checkpoints_newest_first(run_dir) if step is not None), None)
@@ -139,7 +168,6 @@ def read_state(directory: Path) -> dict:
     """A checkpoint's state.pt, memory-mapped (the weights stay on disk until touched; the workers
     load their own copy), checked to be a training state. An unreadable one (a copy cut short by a
     crash) is a CheckpointError naming it."""
-    from spatiotemporal.convert import load_torch_file
     from spatiotemporal.io.errors import CheckpointError
     from spatiotemporal.io.torch_files import is_torch_file
 
@@ -149,9 +177,11 @@ def read_state(directory: Path) -> dict:
     if not is_torch_file(path):  # an empty or foreign file, which torch.load would misreport
         raise CheckpointError(path, "cannot be read (not a file torch.save wrote)")
     try:
-        state = load_torch_file(path, mmap=True)
+        state = load_state_file(path, mmap=True)
     except Exception as error:  # torch reports a damaged file as whatever its zip or pickle reader hit
         text = str(error).strip()
+        if "Weights only load failed" in text:  # torch's refusal: pages of advice, ANSI codes included
+            raise CheckpointError(path, "holds objects other than tensors and plain values, which are not loaded") from None
         # torch's first sentence says what broke; the rest is advice (CheckpointError keeps it one line)
         reason = text.splitlines()[0].split(". ")[0] if text else type(error).__name__
         raise CheckpointError(path, f"cannot be read ({reason})") from None

@@ -65,6 +65,9 @@ DEFAULTS: dict[str, Any] = {
         "checkpoint_every": 0,  # steps; 0 = only at epoch ends
         "log_every": 10,  # steps between JSONL rows
         "crash_at_step": None,  # testing aid: the workers die after this many steps
+        # Restarts from the latest checkpoint after a worker or node fails; None: 3 on a cluster
+        # joined by address or of several nodes, 0 on a local one (see failures.py); -1: no limit.
+        "max_failures": None,
     },
     # None: the model spec's protocol. short_side: the test resize; by default the protocol's when
     # the crop is the spec's own (the paper's setting), else data.short_side. tta (points): sum
@@ -81,7 +84,7 @@ NULLABLE = {
     "model.name": str, "model.num_classes": int, "model.weights": str,
     "data.root": str, "data.num_frames": int, "data.frame_stride": int, "data.crop_size": int, "data.short_side": int,
     "optim.layer_decay": float,
-    "train.clip_grad": float, "train.ema_decay": float, "train.crash_at_step": int,
+    "train.clip_grad": float, "train.ema_decay": float, "train.crash_at_step": int, "train.max_failures": int,
     "eval.views": str, "eval.aggregation": str, "eval.short_side": int,
     "ray.address": str,
 }  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 
@@ -16,12 +17,16 @@ class MetricsLog:
 
         self.path = run_dir / "metrics.jsonl"
         run_dir.mkdir(parents=True, exist_ok=True)
-        if resume_step is not None and self.path.exists():
+        events = run_dir / "tensorboard"
+        if resume_step is None:
+            # A start from step 0 (also a restart before the run's first checkpoint) logs anew.
+            self.path.unlink(missing_ok=True)
+            shutil.rmtree(events, ignore_errors=True)
+        elif self.path.exists():
             kept = [r for r in read_metrics(self.path) if r["step"] <= resume_step]
             self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        elif self.path.exists():
-            self.path.unlink()
-        self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step)
+        # TensorBoard hides the events at and after `purge_step`; the rows of resume_step are kept.
+        self.tensorboard = SummaryWriter(str(events), purge_step=None if resume_step is None else resume_step + 1)
 
     def write(self, row: dict) -> None:
         with self.path.open("a") as f:

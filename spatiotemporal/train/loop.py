@@ -17,6 +17,7 @@ import random
 import shutil
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,9 @@ from spatiotemporal.distributed import collective_device, world_size
 from spatiotemporal.layers.sync_batch_norm import synchronize_batch_norms
 from spatiotemporal.train import checkpoint as ckpt
 from spatiotemporal.train.ema import ModelEma
+from spatiotemporal.train.failures import (
+    ATTEMPTS_FILE, FAILURES_FILE, TRACEBACKS_FILE, RecordFailures, max_failures, record_attempt, stopped,
+)
 from spatiotemporal.train.optim import CosineWarmupSchedule, build_optimizer
 from spatiotemporal.train.ray_env import DEFAULT_HEALTH_CHECK_INTERVAL_S, HEALTH_CHECK_INTERVAL, train_runtime_env
 from spatiotemporal.train.sampler import ResumableDistributedSampler, SeededSamples
@@ -98,6 +102,16 @@ def _gather(world: int, value) -> list:
 
 
 def train_loop_per_worker(config: dict) -> None:
+    """What each Ray Train worker runs. An exception leaves with its traceback as a note: Ray Train
+    hands the controller the exception alone, and the run's failures.log records both."""
+    try:
+        _train_loop(config)
+    except Exception as error:
+        error.add_note(f"worker traceback:\n{traceback.format_exc().rstrip()}")
+        raise
+
+
+def _train_loop(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
@@ -144,16 +158,15 @@ def train_loop_per_worker(config: dict) -> None:
 
     position = ckpt.Position()
     window = [0.0, 0.0, 0.0]  # loss sum, correct, count since the last log row
-    # `fit` picks the checkpoint on the driver (the newest one that can be read, checked against
-    # the config); Ray Train's own record of the latest could name one that a crash cut short.
-    if config["_resume_dir"] is not None:
-        restored = ray.train.Checkpoint.from_directory(config["_resume_dir"])
-    else:
-        restored = ray.train.get_checkpoint()
+    restored = checkpoint_to_restore(ray.train.get_checkpoint(), config)
     if restored is not None:
         with restored.as_directory() as directory:
             position, saved_window = ckpt.load(Path(directory), rank, model, optimizer, schedule, ema)
         window = saved_window or window
+    if rank == 0:
+        origin = None if restored is None else Path(restored.path).name
+        ckpt.drop_unregistered(run_dir, {*config["_checkpoints_at_start"], origin}, position.step)
+        record_attempt(run_dir, position.step, origin)
     ddp_model = ray.train.torch.prepare_model(model)
 
     log = MetricsLog(run_dir, resume_step=position.step if restored is not None else None) if rank == 0 else None
@@ -261,11 +274,30 @@ def train_loop_per_worker(config: dict) -> None:
         plot_curves(log.path, run_dir / "curves.png")
 
 
+def checkpoint_to_restore(latest, config: dict):
+    """The checkpoint a worker starts from. `latest`: Ray Train's record of the run's latest.
+
+    After a failure Ray Train restarts the workers and names the newest checkpoint this `fit`
+    reported, which it registered only once written in full. Otherwise `fit` picked it on the driver
+    (`_resume_dir`: the newest one that can be read, checked against the config, or None for a fresh
+    start); Ray Train's record from an earlier `fit` of the run could name one a crash cut short.
+    """
+    import ray.train
+
+    if latest is not None and Path(latest.path).name not in config["_checkpoints_at_start"]:
+        return latest
+    if config["_resume_dir"] is not None:
+        return ray.train.Checkpoint.from_directory(config["_resume_dir"])
+    return None
+
+
 # What a run that failed before its first log row leaves behind: Ray Train writes its storage
 # marker as it starts, rank 0 opens TensorBoard and records its progress; an empty metrics log.
+# The controller records the failures that ended it, rank 0 where each attempt started.
 RUN_LEFTOVERS = frozenset(
-    {".validate_storage_marker", "checkpoint_manager_snapshot.json", "tensorboard", "metrics.jsonl", "progress.json"}
-)
+    {".validate_storage_marker", "checkpoint_manager_snapshot.json", "tensorboard", "metrics.jsonl", "progress.json",
+     FAILURES_FILE, TRACEBACKS_FILE, ATTEMPTS_FILE}
+)  # fmt: skip
 
 
 def _clear_leftovers(run_dir: Path) -> None:
@@ -354,7 +386,7 @@ def _fit(config: dict, resume: bool, address: str | None) -> dict:
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from spatiotemporal.cluster import start_ray
+    from spatiotemporal.cluster import cluster_address, start_ray
     from spatiotemporal.train.config import check_data_root
     from spatiotemporal.train.logs import read_metrics
     from spatiotemporal.train.progress import FollowProgress
@@ -370,9 +402,12 @@ def _fit(config: dict, resume: bool, address: str | None) -> dict:
     # Everything that can be decided before Ray starts is: a mistake costs seconds, not a cluster.
     start = start_point(run_dir, resume, loop_config)
     loop_config["_resume_dir"] = None if start is None else str(start)
+    loop_config["_checkpoints_at_start"] = sorted(p.name for p in run_dir.glob("checkpoint_*"))
+    max_failures(config["train"]["max_failures"], joined=False)  # a bad count is refused before Ray starts
     rcfg = config["ray"]
     address = address or rcfg["address"]
 
+    joined = not ray.is_initialized() and cluster_address(address) is not None
     cpus = max(os.cpu_count() or 1, rcfg["num_workers"] * int(rcfg["resources_per_worker"].get("CPU", 1)))
     # A cluster the run cannot join is one line (start_ray checks it: not Ray's C++ retries) and
     # leaves no run directory.
@@ -382,8 +417,13 @@ def _fit(config: dict, resume: bool, address: str | None) -> dict:
                "runtime_env": train_runtime_env(local_without_dashboard=True)},
         runtime_env=train_runtime_env(local_without_dashboard=False),
     )  # fmt: skip
+    # Ray already running in this process counts as joined where it spans several nodes.
+    joined = joined or sum(1 for node in ray.nodes() if node["Alive"]) > 1
+    restarts = max_failures(config["train"]["max_failures"], joined=joined)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
+        for record in (FAILURES_FILE, TRACEBACKS_FILE, ATTEMPTS_FILE):  # each fit of the run records its own
+            (run_dir / record).unlink(missing_ok=True)
         check_cluster_fits(rcfg, ray.cluster_resources())
         # Published weights to fine-tune from: fetched here once, then at most once per node.
         loop_config = share_config_weights(loop_config)
@@ -400,14 +440,21 @@ def _fit(config: dict, resume: bool, address: str | None) -> dict:
                 name=config["name"],
                 storage_path=str(storage),
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-                failure_config=ray.train.FailureConfig(max_failures=0),
+                # A restart that cannot place its workers (a lost node and none to take its place)
+                # waits Ray Train's start timeout, then counts as the controller's failure: as many
+                # of those as of the workers' own, so a run with nowhere to go ends with the reason.
+                failure_config=ray.train.FailureConfig(max_failures=restarts, controller_failure_limit=restarts),
+                callbacks=[RecordFailures(str(run_dir), restarts)],
                 # Ray Train's INFO lines (worker group started, "Checkpoint successfully created",
                 # "Reporting training result" per report) go to its system log files only.
                 logging_config=ray.train.LoggingConfig(log_level="WARNING"),
             ),
         )
         with FollowProgress(run_dir, f"train {config['name']}"):
-            trainer.fit()
+            try:
+                trainer.fit()
+            except ray.train.TrainingFailedError as error:
+                raise stopped(error, run_dir, config["name"]) from None
     finally:
         if started_here:
             ray.shutdown()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 from pathlib import Path
 
@@ -32,24 +33,32 @@ def read_progress(run_dir: Path) -> dict | None:
 
 class FollowProgress:
     """`with FollowProgress(run_dir, "train name"): trainer.fit()` draws rank 0's progress as one
-    tqdm bar on stderr, polling `progress.json` every `interval` seconds."""
+    tqdm bar on stderr, polling `progress.json` every `interval` seconds, and prints one line above
+    it for each failure of the workers that the controller records (see failures.py)."""
 
     def __init__(self, run_dir: Path, desc: str, interval: float = 0.5):
         self.run_dir, self.desc, self.interval = Path(run_dir), desc, interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="train-progress", daemon=True)
         self._bar = None
+        self._failures_shown = 0
 
     def _update(self) -> None:
         from tqdm import tqdm
 
+        from spatiotemporal.train.failures import failure_line, read_failures
+
+        for row in read_failures(self.run_dir)[self._failures_shown :]:
+            tqdm.write(failure_line(row), file=sys.stderr)  # above the bar, which tqdm draws on stderr
+            self._failures_shown += 1
         state = read_progress(self.run_dir)
         if state is None:
             return
         if self._bar is None:
             self._bar = tqdm(total=state["total_steps"], initial=state["step"], desc=self.desc, unit="step", dynamic_ncols=True)
         self._bar.total = state["total_steps"]
-        self._bar.update(state["step"] - self._bar.n)
+        # After a restart the workers start again from the latest checkpoint, behind the bar.
+        self._bar.n = state["step"]
         self._bar.set_postfix(state["postfix"], refresh=True)
 
     def _run(self) -> None:

@@ -37,6 +37,33 @@ AUTOSCALING_CLIENT_LOGGER = "ray.train.v2._internal.execution.scaling_policy.aut
 # result" for every report through a logger that it names by its file's path, not `ray.train.*`.
 QUIET_WORKER_LOGGERS = ("matplotlib",)
 QUIET_WORKER_LOGGER_MODULES = ("ray.train.v2._internal.execution.context",)
+# Ray Train logs, through loggers it configures after this hook runs, two messages that our one
+# line per failure replaces (failures.py): "Error in training function" and the traceback, from
+# every failing worker, and the controller's "Graceful shutdown of backend failed. This is
+# expected if one of the workers has crashed". The same tracebacks reach the run's failures.log.
+# Filters, not levels: Ray Train's `logging.config.dictConfig` resets the levels of the `ray.train`
+# loggers' children (the autoscaling client's included, in the controller) but keeps their
+# filters. A filter drops only its messages: the same loggers also warn of ranks that never reach
+# `ray.train.report`, the one hint of a rank that hangs.
+FAILURE_MESSAGES = {
+    "ray.train.v2._internal.util": "Error in training function",
+    "ray.train.v2._internal.callbacks.backend_setup": "Graceful shutdown of backend failed",
+}
+
+
+def _drop_failure_message(record: logging.LogRecord) -> bool:
+    prefix = FAILURE_MESSAGES.get(record.name)
+    return prefix is None or not str(record.msg).startswith(prefix)
+
+
+def _errors_only(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR
+
+
+def _add_filter(name: str, keep) -> None:
+    logger = logging.getLogger(name)
+    if keep not in logger.filters:
+        logger.addFilter(keep)
 
 
 def module_file(module: str) -> str | None:
@@ -54,16 +81,22 @@ def module_file(module: str) -> str | None:
 
 
 def quiet_worker_logs() -> None:
-    """Ray worker setup hook: libraries' INFO lines stay out of the forwarded output."""
+    """Ray worker setup hook: libraries' INFO lines, Ray Train's tracebacks of a failure (the run
+    records them) and the cleaner's and autoscaling client's warnings stay out of the console."""
     names = [*QUIET_WORKER_LOGGERS]
     names += [path for path in map(module_file, QUIET_WORKER_LOGGER_MODULES) if path is not None]
     for name in names:
         logging.getLogger(name).setLevel(logging.WARNING)
+    for name in FAILURE_MESSAGES:
+        _add_filter(name, _drop_failure_message)
+    # Their errors stay; their warnings repeat every second wherever the State API is missing,
+    # on a joined cluster too (one started with `ray start` from a core install has no dashboard).
+    for name in (PLACEMENT_GROUP_CLEANER_LOGGER, AUTOSCALING_CLIENT_LOGGER):
+        _add_filter(name, _errors_only)
 
 
 def quiet_local_cluster_logs() -> None:
-    """Ray worker setup hook for a local cluster: as `quiet_worker_logs`, and keeps the errors of
-    the placement-group cleaner and the autoscaling client but drops their warnings.
+    """Ray worker setup hook for a local cluster: as `quiet_worker_logs`, and names the cluster.
 
     The cleaner asks the State API without an address, which Ray resolves like `auto`: with another
     Ray instance running on the machine (another job, a test run) that raises "Found multiple active
@@ -72,8 +105,6 @@ def quiet_local_cluster_logs() -> None:
     import ray
 
     quiet_worker_logs()
-    for name in (PLACEMENT_GROUP_CLEANER_LOGGER, AUTOSCALING_CLIENT_LOGGER):
-        logging.getLogger(name).setLevel(logging.ERROR)
     if ray.is_initialized():  # always, in a worker
         os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
 
@@ -82,9 +113,9 @@ def train_runtime_env(local_without_dashboard: bool) -> dict:
     """The `runtime_env` for `ray.init`. Values the caller set in the environment win.
 
     `local_without_dashboard`: the cluster is a local one that `fit` starts itself without the
-    dashboard; the preemption watcher is then off and the cleaner's and autoscaling client's
-    warnings silenced. A cluster joined by address keeps Ray's defaults for these: it may have cloud
-    nodes, an autoscaler and a dashboard.
+    dashboard; the preemption watcher is then off. A cluster joined by address keeps it: it may
+    have cloud nodes that get preempted. On both, the cleaner's and the autoscaling client's
+    warnings are silenced (`quiet_worker_logs`).
     """
     env_vars = {HEALTH_CHECK_INTERVAL: os.environ.get(HEALTH_CHECK_INTERVAL, DEFAULT_HEALTH_CHECK_INTERVAL_S)}
     env: dict = {"env_vars": env_vars, "worker_process_setup_hook": f"{__name__}.{quiet_worker_logs.__name__}"}
