@@ -57,11 +57,8 @@ def _first_line(text: str) -> str:
 
 def worker_reason(error: BaseException) -> str:
     """One line for what a worker failed of: the training function's exception as `Type: message`
-    (Ray Train wraps it with its traceback as the message); a dead worker process or node as the
-    first sentence of Ray's error (\"The actor died unexpectedly ...\")."""
-    base = getattr(error, "_base_exc", None)  # Ray Train's UserExceptionWithTraceback keeps the original
-    if isinstance(base, BaseException):
-        return worker_reason(base)
+    (Ray Train hands the controller the exception itself, unwrapped from its traceback); a dead
+    worker process or node as the first sentence of Ray's error (\"The actor died unexpectedly ...\")."""
     # A task or actor call the worker waited on failed: Ray's message is its coloured call line;
     # the exception it raised is the reason.
     cause = getattr(error, "cause", None)
@@ -77,12 +74,7 @@ def worker_reason(error: BaseException) -> str:
     death = _actor_death(text)
     if death is not None:
         return death
-    first = _first_line(text)
-    if first.startswith("Traceback"):  # a wrapper whose message is the whole traceback: its last line
-        first = [line for line in text.splitlines() if line.strip()][-1].strip()
-        name, _, message = first.partition(": ")
-        return f"{name.rsplit('.', 1)[-1]}: {message}".rstrip(": ")
-    return f"{type(error).__name__}: {first}".rstrip(": ")
+    return f"{type(error).__name__}: {_first_line(text)}".rstrip(": ")
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
