@@ -37,6 +37,7 @@ from pipelines.arguments import DEFAULT_STALL_TIMEOUT_S, stall_seconds
 from pipelines.errors import one_line_error
 from pipelines.inputs import InputItem, ManifestError
 from spatiotemporal.cluster import ClusterJoinError, cluster_address, cluster_to_join, start_ray
+from spatiotemporal.ray_console import quiet_ray_data
 
 # A result column holding serialized safetensors bytes; the writer unpacks it into a shard file
 # in PAYLOAD_DIR, beside results/ rather than in it.
@@ -535,7 +536,7 @@ def run_job(
             try:
                 with ray_session(address, num_cpus):
                     timings["ray_start_s"] = time.perf_counter() - start
-                    _quiet_ray_data()
+                    quiet_ray_data()
                     dataset = plan(pending_dataset(todo, rows_per_block))
                     under_way()
                     # Ray Data's own no-progress guard stops a stalled execution, its tasks and
@@ -774,24 +775,6 @@ class _OutputStream:
             if isinstance(item, BaseException):
                 raise item
             yield item
-
-
-def _quiet_ray_data() -> None:
-    """The job draws its own progress bar; Ray Data's per-operator bars and logs would bury it."""
-    import logging
-
-    import ray
-
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    context.print_on_execution_start = False
-    data_logger = logging.getLogger("ray.data")
-    data_logger.setLevel(logging.WARNING)
-    # Its console errors are full stack traces of what the job reports itself in one line (a
-    # failed plan becomes JobAborted); the traces stay in the session's ray-data.log.
-    for handler in data_logger.handlers:
-        if type(handler).__name__ != "SessionFileHandler" and isinstance(handler, logging.StreamHandler):
-            handler.setLevel(logging.CRITICAL)
 
 
 def _rows(batch: dict[str, np.ndarray]) -> Iterator[dict[str, Any]]:

@@ -48,3 +48,20 @@ def quiet_ray_console() -> Iterator[None]:
     finally:
         for handler, level in zip(handlers, levels):
             handler.setLevel(level)
+
+
+def quiet_ray_data() -> None:
+    """For this process's Ray Data executions: the jobs and the training feed draw their own
+    progress bar, and Ray Data's per-operator bars and logs would bury it."""
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    data_logger = logging.getLogger("ray.data")
+    data_logger.setLevel(logging.WARNING)
+    # Its console errors are full stack traces of what we report in one line (a failed plan
+    # becomes JobAborted, a failed feed the worker's error); they stay in the session's ray-data.log.
+    for handler in data_logger.handlers:
+        if type(handler).__name__ != "SessionFileHandler" and isinstance(handler, logging.StreamHandler):
+            handler.setLevel(logging.CRITICAL)

@@ -4,6 +4,7 @@ their titles, and waiting for a condition with a deadline."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import psutil
 
@@ -30,3 +31,11 @@ def wait_until(condition, timeout_s: float, interval_s: float = 0.1) -> bool:
             return True
         time.sleep(interval_s)
     return bool(condition())
+
+
+def forget_as_current(cluster) -> None:
+    """Ray records the newest cluster in /tmp/ray/ray_current_cluster, and a bare ray.init()
+    anywhere else on a shared machine would then try to attach to this test's cluster."""
+    current = Path("/tmp/ray/ray_current_cluster")
+    if current.is_file() and current.read_text().strip() == cluster.address:
+        current.unlink()

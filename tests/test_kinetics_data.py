@@ -3,6 +3,7 @@ train clips and test views, and a DataLoader with workers."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -185,6 +186,22 @@ def test_cached_training_clips_are_the_decoded_ones(synthetic, clip):
         dataset.set_epoch(epoch)
         for index in range(len(dataset)):
             assert torch.equal(cached[index]["video"], dataset[index]["video"]), (epoch, index)
+
+
+def test_a_broken_video_in_a_cached_training_set_is_replaced_as_in_the_decoding_one(synthetic, tmp_path):
+    from spatiotemporal.train.tasks import CachedClips
+
+    root = tmp_path / "synthetic"
+    shutil.copytree(synthetic, root)
+    dataset = KineticsDataset.from_csv(root / "train.csv", root, transform=SMALL, seed=4)
+    broken = Path(dataset.records[0].path)
+    broken.write_bytes(b"not a video")
+    with pytest.warns(RuntimeWarning, match=f"skipping {re.escape(str(broken))}: "):
+        decoded = dataset[0]
+    with pytest.warns(RuntimeWarning, match=f"skipping {re.escape(str(broken))}: "):
+        cached = CachedClips(dataset)[0]
+    assert cached["index"] == decoded["index"] != 0 and str(broken) in cached["error"] == decoded["error"]
+    assert torch.equal(cached["video"], decoded["video"])
 
 
 def test_test_sample_holds_every_temporal_and_spatial_view(synthetic):

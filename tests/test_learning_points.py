@@ -60,21 +60,26 @@ def synthetic_scannet(tmp_path_factory) -> Path:
     return root
 
 
-def train_and_score(config_name: str, root: Path, tmp_path: Path) -> tuple[float, dict]:
+def train_and_score(config_name: str, root: Path, tmp_path: Path, *overrides: str) -> tuple[float, dict]:
     """Trains the shipped config through `fit` and returns (mIoU, the evaluator's JSON report)."""
-    config = load_config(CONFIGS / f"{config_name}.yaml", [f"data.root={root}", f"output_dir={tmp_path}"])
+    config = load_config(CONFIGS / f"{config_name}.yaml", [f"data.root={root}", f"output_dir={tmp_path}", *overrides])
     config["train"]["eval_every"] = config["schedule"]["epochs"]
     with ProcessTreeCPU() as cpu:
         final = fit(config)
     run_dir = tmp_path / config["name"]
-    proof = f"{config['name']}, mIoU on {VAL_ROOMS} held-out rooms"
+    proof = f"{config['name']} (data.feed {config['data']['feed']}), mIoU on {VAL_ROOMS} held-out rooms"
     print(f"\n{margin_line(proof, final['miou'], MIN_MIOU)}; {cpu.seconds:.0f} CPU s, {cpu.wall:.0f} s wall")
     print((run_dir / "eval_scannet.md").read_text())
     return final["miou"], json.loads((run_dir / "eval_scannet.json").read_text())
 
 
-def test_tiny_point_transformer_reaches_70_percent_miou_on_held_out_rooms(synthetic_scannet, tmp_path):
-    miou, report = train_and_score("point_transformer_tiny_synthetic_scannet", synthetic_scannet, tmp_path)
+# Fed by Ray Data (data.feed: ray), decode tasks beside the two workers make the DataLoader's
+# batches (tests/test_train_feed.py): the proof must pass at the same bar.
+@pytest.mark.parametrize("feed", ["loader", "ray"])
+def test_tiny_point_transformer_reaches_70_percent_miou_on_held_out_rooms(feed, synthetic_scannet, tmp_path):
+    miou, report = train_and_score(
+        "point_transformer_tiny_synthetic_scannet", synthetic_scannet, tmp_path, f"data.feed={feed}"
+    )
     assert report["num_scenes"] == VAL_ROOMS
     assert miou >= MIN_MIOU
 

@@ -73,14 +73,19 @@ def _config(config_name: str, data: Path, out: Path) -> dict:
 def _train(config: dict, bar: float, *, at_most: bool = False) -> dict:
     started = time.perf_counter()
     final = fit(config)
-    proof = f"{config['name']} (seed {config['seed']}), top-1"
+    proof = f"{config['name']} (seed {config['seed']}, data.feed {config['data']['feed']}), top-1"
     print(f"\n{margin_line(proof, final['top1'], bar, at_most=at_most)}; {time.perf_counter() - started:.0f} s")
     assert final["num_evaluated"] == len(MOTION_KINDS) * VAL_PER_CLASS
     return final
 
 
-def test_divided_timesformer_learns_motion(motion_videos, tmp_path):
-    final = _train(_config("timesformer_tiny_synthetic_kinetics.yaml", motion_videos, tmp_path), DIVIDED_BAR)
+# Fed by Ray Data (data.feed: ray), decode tasks beside the two workers make the DataLoader's
+# batches (tests/test_train_feed.py): the proof must pass at the same bar.
+@pytest.mark.parametrize("feed", ["loader", "ray"])
+def test_divided_timesformer_learns_motion(feed, motion_videos, tmp_path):
+    config = _config("timesformer_tiny_synthetic_kinetics.yaml", motion_videos, tmp_path)
+    config["data"]["feed"] = feed
+    final = _train(config, DIVIDED_BAR)
     assert final["top1"] >= DIVIDED_BAR, final
 
 

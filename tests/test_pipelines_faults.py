@@ -15,7 +15,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 from pipelines import video_inference  # noqa: E402
 from pipelines.job import read_table  # noqa: E402
-from tests.ray_processes import wait_until, worker_processes  # noqa: E402
+from tests.ray_processes import forget_as_current, wait_until, worker_processes  # noqa: E402
 
 MODEL = "vivit_tiny"
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,11 +50,7 @@ def cluster():
     )
     worker = cluster.add_node(num_cpus=2, object_store_memory=256 << 20)
     cluster.wait_for_nodes()
-    # Ray records the newest cluster in /tmp/ray/ray_current_cluster, and a bare ray.init()
-    # anywhere else on a shared machine would then try to attach to this test cluster.
-    current = Path("/tmp/ray/ray_current_cluster")
-    if current.is_file() and current.read_text().strip() == cluster.address:
-        current.unlink()
+    forget_as_current(cluster)
     ray.init(address=cluster.address, log_to_driver=False)
     yield cluster, worker
     ray.shutdown()

@@ -8,31 +8,30 @@ test that uses the local Ray of `train_ray_cluster`, which `fit` would run on in
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from spatiotemporal.train.failures import ATTEMPTS_FILE, TrainingStopped, read_failures
+from spatiotemporal.train.feed import read_feed
 from spatiotemporal.train.logs import read_metrics
 from spatiotemporal.train.loop import fit
-from tests.ray_processes import worker_processes
+from tests.ray_processes import forget_as_current, worker_processes
 from tests.train_runs import EPOCHS, kill_when, tiny_run_config
 
 
 def cluster_of(nodes_for_the_worker: int):
-    """A head node with no room for the training worker (1 CPU, it needs 2), and nodes that have."""
+    """A head node with no room for the training worker (1 CPU, it needs 2), which advertises
+    `decode` (a CPU-only node that decodes for a run fed by Ray Data), and nodes that have room."""
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": 1, "object_store_memory": 256 << 20, "include_dashboard": False},
-    )
+        head_node_args={"num_cpus": 1, "resources": {"decode": 1}, "object_store_memory": 256 << 20,
+                        "include_dashboard": False},
+    )  # fmt: skip
     for _ in range(nodes_for_the_worker):
         cluster.add_node(num_cpus=2, object_store_memory=256 << 20)
     cluster.wait_for_nodes()
-    current = Path("/tmp/ray/ray_current_cluster")  # see test_pipelines_faults' cluster
-    if current.is_file() and current.read_text().strip() == cluster.address:
-        current.unlink()
+    forget_as_current(cluster)
     return cluster
 
 
@@ -77,13 +76,18 @@ def lose_the_workers_node(cluster) -> str:
 ONE_WORKER = ("ray.num_workers=1", "ray.resources_per_worker={CPU: 2}", "data.batch_size=4", "train.accum_steps=1")
 
 
+FEEDS = {"loader": (), "ray": ("data.feed=ray", "data.decode_resources={CPU: 1, decode: 1}")}
+
+
 @pytest.mark.slow
-def test_a_run_whose_node_is_lost_restarts_on_another_node_and_finishes(tiny_kinetics, spare_node_cluster, tmp_path):
-    """A joined cluster restarts by default (no train.max_failures given)."""
+@pytest.mark.parametrize("feed", FEEDS)
+def test_a_run_whose_node_is_lost_restarts_on_another_node_and_finishes(feed, tiny_kinetics, spare_node_cluster, tmp_path):
+    """A joined cluster restarts by default (no train.max_failures given). Fed by Ray Data, the
+    head decodes, before the loss and after it."""
     cluster = spare_node_cluster
     lost: list[str] = []
     watcher = kill_when(tmp_path / "moved", 3, lambda: lost.append(lose_the_workers_node(cluster)))
-    final = fit(tiny_run_config(tiny_kinetics, tmp_path, "moved", EPOCHS, *ONE_WORKER), address=cluster.address)
+    final = fit(tiny_run_config(tiny_kinetics, tmp_path, "moved", EPOCHS, *ONE_WORKER, *FEEDS[feed]), address=cluster.address)
     watcher.join(timeout=60)
     assert lost, "the worker's node was never removed"
 
@@ -97,6 +101,12 @@ def test_a_run_whose_node_is_lost_restarts_on_another_node_and_finishes(tiny_kin
     steps = [r["step"] for r in rows if r["split"] == "train"]
     assert steps == list(range(1, 17))  # 16 videos / batch 4 = 4 steps per epoch, each once
     assert final["step"] == 16 and final["num_evaluated"] == 4
+    fed = read_feed(tmp_path / "moved")
+    if feed == "ray":  # a row per epoch fed to its end (an epoch the restart went back into: two)
+        assert sorted({row["epoch"] for row in fed}) == [0, 1, 2, 3] and fed[-1]["samples"] == 16
+        assert {node for row in fed for node in row["nodes"]} == {cluster.head_node.node_id}
+    else:
+        assert fed == []
 
 
 @pytest.mark.slow

@@ -21,6 +21,7 @@ def run(args: argparse.Namespace) -> int:
     from spatiotemporal.cluster import ClusterJoinError, cluster_to_join
     from spatiotemporal.io.errors import InputError
     from spatiotemporal.train.failures import TrainingStopped
+    from spatiotemporal.train.skipped import SKIPPED_FILE, read_skipped
     from spatiotemporal.train.config import check_data_root, load_config, merged_config
 
     # Config, data root, run directory, checkpoint and cluster are checked before any worker starts;
@@ -48,6 +49,9 @@ def run(args: argparse.Namespace) -> int:
     for report in ("eval_kinetics.md", "eval_scannet.md"):
         if (run_dir / report).exists():
             print((run_dir / report).read_text())
+    skipped = read_skipped(run_dir)
+    if skipped:
+        print(f"{len(skipped)} broken training videos were skipped, each replaced by another: {run_dir / SKIPPED_FILE}")
     print(f"run directory: {run_dir} (metrics.jsonl, tensorboard/, curves.png, checkpoints)")
     return 0
 

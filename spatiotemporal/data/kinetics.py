@@ -472,12 +472,18 @@ class KineticsDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         if self.mode == "test":
             return self._test_item(index)
+        return self.train_item(index, self._load)
+
+    def train_item(self, index: int, load: Callable[[int, np.random.Generator], torch.Tensor]) -> dict:
+        """The training sample of `index`: `load(index, rng)`'s clip, or, for a broken video, that
+        of another drawn at random (`skip_broken`), its error riding along. `load` is where clips
+        come from: decoded from the file (`_load`) or cut from frames held in memory."""
         errors: list[str] = []
         current = index
         for attempt in range(self.max_retries + 1):
             rng = self._rng(index, attempt)
             try:
-                video = self._load(current, rng)
+                video = load(current, rng)
             except InputError as error:
                 self.report.add_undecodable(self.records[current], error.reason)
                 errors.append(str(error))

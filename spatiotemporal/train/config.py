@@ -38,6 +38,17 @@ DEFAULTS: dict[str, Any] = {
         # float start, linspace frames and TARGET_FPS for TimeSformer and MViTv2, DMVR's offsets
         # for ViViT, mmaction2's looping for Video Swin), what the paper configs use.
         "train_sampling": "random",
+        # How samples reach the workers: "loader" (a torch DataLoader in each Ray Train worker,
+        # decoding on its own CPUs) or "ray" (Ray Data tasks decode on any node of the cluster and
+        # stream batches to each worker; see feed.py).
+        "feed": "loader",
+        # feed ray: what one decode task holds, e.g. {CPU: 1, decode: 1} for a custom resource only
+        # CPU-only nodes advertise. A resource no node offers falls back to the cluster's CPUs.
+        "decode_resources": {"CPU": 1},
+        "decode_tasks": 2,  # feed ray: decode tasks at once per training worker
+        "feed_prefetch": 2,  # feed ray: batches held ready for each worker's next steps
+        "feed_memory_mb": 512,  # feed ray: object-store memory each worker's stream may hold
+        "feed_stall_s": 600,  # feed ray: a stream with no progress this long fails the workers
     },
     "optim": {
         "name": "adamw",  # or "sgd"
@@ -76,9 +87,10 @@ DEFAULTS: dict[str, Any] = {
     "ray": {"num_workers": 2, "use_gpu": False, "resources_per_worker": {"CPU": 1}, "address": None},
 }
 TRAIN_SAMPLING = ("random", "protocol")
+FEEDS = ("loader", "ray")
 # Mappings that take whatever keys they are given (model constructor arguments, Ray resources,
 # name component -> lr multiplier); a file or override replaces them whole.
-FREE_FORM = frozenset({"model.kwargs", "ray.resources_per_worker", "optim.lr_scales"})
+FREE_FORM = frozenset({"model.kwargs", "ray.resources_per_worker", "optim.lr_scales", "data.decode_resources"})
 # The type of each setting whose default is None (unset); the others have their default's type.
 NULLABLE = {
     "model.name": str, "model.num_classes": int, "model.weights": str,
@@ -252,9 +264,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError(f"{source}: names no model (model.name)")
     if config["task"] not in ("video", "points"):
         raise ConfigError(f"{source}: task must be 'video' or 'points', not {config['task']!r}")
-    if config["data"]["train_sampling"] not in TRAIN_SAMPLING:
-        raise ConfigError(f"{source}: data.train_sampling must be one of {', '.join(TRAIN_SAMPLING)}, "
-                          f"not {config['data']['train_sampling']!r}")
+    for key, choices in (("train_sampling", TRAIN_SAMPLING), ("feed", FEEDS)):
+        if config["data"][key] not in choices:
+            raise ConfigError(f"{source}: data.{key} must be one of {', '.join(choices)}, not {config['data'][key]!r}")
+    for key, least in (("decode_tasks", 1), ("feed_prefetch", 0), ("feed_memory_mb", 1), ("feed_stall_s", 1)):
+        if config["data"][key] < least:
+            raise ConfigError(f"{source}: data.{key} must be at least {least}, not {config['data'][key]!r}")
+    for resource, amount in config["data"]["decode_resources"].items():
+        if resource in ("GPU", "memory", "object_store_memory"):
+            raise ConfigError(f"{source}: data.decode_resources.{resource}: decode tasks take CPUs and resources "
+                              "the nodes advertise, not GPUs or memory")  # fmt: skip
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount < 0:
+            raise ConfigError(f"{source}: data.decode_resources.{resource} must be a number >= 0, not {amount!r}")
     try:
         spec = get_spec(name)
     except KeyError as error:

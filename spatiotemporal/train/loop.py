@@ -15,6 +15,7 @@ import contextlib
 import os
 import random
 import shutil
+import sys
 import tempfile
 import time
 import traceback
@@ -31,9 +32,11 @@ from spatiotemporal.train.ema import ModelEma
 from spatiotemporal.train.failures import (
     ATTEMPTS_FILE, FAILURES_FILE, TRACEBACKS_FILE, RecordFailures, max_failures, record_attempt, stopped,
 )
+from spatiotemporal.train.feed import FEED_FILE, RayFeed, decode_cpus, decode_placement, live_nodes, record_feed
 from spatiotemporal.train.optim import CosineWarmupSchedule, build_optimizer
 from spatiotemporal.train.ray_env import DEFAULT_HEALTH_CHECK_INTERVAL_S, HEALTH_CHECK_INTERVAL, train_runtime_env
 from spatiotemporal.train.sampler import ResumableDistributedSampler, SeededSamples
+from spatiotemporal.train.skipped import SKIPPED_FILE, SkippedVideos, record_skipped, warn_skipped
 
 
 class SimulatedCrash(RuntimeError):
@@ -163,7 +166,11 @@ def _train_loop(config: dict) -> None:
         with restored.as_directory() as directory:
             position, saved_window = ckpt.load(Path(directory), rank, model, optimizer, schedule, ema)
         window = saved_window or window
+    skipped = SkippedVideos()
     if rank == 0:
+        if restored is None:  # a run that starts over lists afresh
+            for listing in (SKIPPED_FILE, FEED_FILE):
+                (run_dir / listing).unlink(missing_ok=True)
         origin = None if restored is None else Path(restored.path).name
         ckpt.drop_unregistered(run_dir, {*config["_checkpoints_at_start"], origin}, position.step)
         record_attempt(run_dir, position.step, origin)
@@ -182,8 +189,10 @@ def _train_loop(config: dict) -> None:
 
     def report(epoch_metrics: dict | None) -> None:
         position.elapsed_s = time.perf_counter() - started
-        rng_states, windows = zip(*_gather(world, (ckpt.rng_state(), list(window))))
+        rng_states, windows, skipped_by_rank = zip(*_gather(world, (ckpt.rng_state(), list(window), skipped.take())))
         metrics = {"step": position.step, "epoch": position.epoch, **(epoch_metrics or {})}
+        if rank == 0:
+            record_skipped(run_dir, [line for lines in skipped_by_rank for line in lines])
         if rank != 0:
             ray.train.report(metrics, checkpoint=None)
             return
@@ -197,20 +206,26 @@ def _train_loop(config: dict) -> None:
     for epoch in range(position.epoch, epochs):
         skip = position.batch_in_epoch if epoch == position.epoch else 0
         sampler.set_position(epoch, skip)
-        loader = torch.utils.data.DataLoader(
-            SeededSamples(train_set, config["seed"]),
-            batch_size=batch_size,
-            sampler=sampler,
-            collate_fn=task.collate,
-            num_workers=dcfg["loader_workers"],
-            # Starting an iterator draws its workers' base seed; from the global generator that draw
-            # would shift dropout and drop path after a mid-epoch resume, which starts the epoch's
-            # iterator at another point of the stream.
-            generator=torch.Generator().manual_seed(config["seed"] * 100_003 + epoch),
-        )
+        if dcfg["feed"] == "ray":
+            loader = RayFeed(config, list(sampler), len(train_set), batch_size, task.collate)
+        else:
+            loader = torch.utils.data.DataLoader(
+                SeededSamples(train_set, config["seed"]),
+                batch_size=batch_size,
+                sampler=sampler,
+                collate_fn=task.collate,
+                num_workers=dcfg["loader_workers"],
+                # Starting an iterator draws its workers' base seed; from the global generator that
+                # draw would shift dropout and drop path after a mid-epoch resume, which starts the
+                # epoch's iterator at another point of the stream.
+                generator=torch.Generator().manual_seed(config["seed"] * 100_003 + epoch),
+            )
         ddp_model.train()
         micro = skip
         for batch in loader:
+            new_skipped = skipped.add(batch)
+            if dcfg["feed"] == "ray":
+                warn_skipped(new_skipped)
             if micro >= steps_per_epoch * accum:
                 break
             batch = task.to_device(batch, device)
@@ -256,6 +271,10 @@ def _train_loop(config: dict) -> None:
                 # A testing aid standing in for a machine lost mid-run: the workers fail at once.
                 raise SimulatedCrash(f"crash_at_step={position.step} reached")
 
+        if isinstance(loader, RayFeed):  # where this epoch's samples were decoded
+            decoded_on = _gather(world, dict(loader.decoded_on))
+            if rank == 0:
+                record_feed(run_dir, epoch, decoded_on)
         position.epoch, position.batch_in_epoch = epoch + 1, 0
         epoch_metrics: dict = {}
         if (epoch + 1) % tcfg["eval_every"] == 0 or epoch + 1 == epochs:
@@ -344,10 +363,19 @@ def start_point(run_dir: Path, resume: bool, config: dict) -> Path | None:
     return None
 
 
-def check_cluster_fits(rcfg: dict, cluster: dict) -> None:
+def check_cluster_fits(rcfg: dict, cluster: dict, decode: dict | None = None) -> None:
     """Refuses workers the Ray cluster (`ray.cluster_resources()`) has no room for: Ray Train would
-    wait for them forever."""
+    wait for them forever. With `decode` (one decode task's resources, data.feed=ray), the CPUs
+    must also leave room for one decode task beside the workers, or the feed would wait forever."""
     workers = rcfg["num_workers"]
+    if decode is not None:
+        trainers = workers * float(rcfg["resources_per_worker"].get("CPU", 1))
+        if trainers + decode_cpus(decode) > cluster.get("CPU", 0.0):
+            raise ValueError(
+                f"the Ray cluster has {cluster.get('CPU', 0.0):g} CPU, the training workers hold {trainers:g} and "
+                f"data.feed=ray needs {decode_cpus(decode):g} more for a decode task; lower ray.num_workers or "
+                "ray.resources_per_worker, or join a cluster with more CPUs"
+            )
     per_worker = {key: float(value) for key, value in rcfg["resources_per_worker"].items()}
     if rcfg["use_gpu"]:
         per_worker.setdefault("GPU", 1.0)  # Ray Train's default for use_gpu
@@ -408,7 +436,12 @@ def _fit(config: dict, resume: bool, address: str | None) -> dict:
     address = address or rcfg["address"]
 
     joined = not ray.is_initialized() and cluster_address(address) is not None
-    cpus = max(os.cpu_count() or 1, rcfg["num_workers"] * int(rcfg["resources_per_worker"].get("CPU", 1)))
+    dcfg = config["data"]
+    # The local cluster's CPUs are logical: enough for the workers and, with data.feed=ray, their
+    # decode tasks, which the operating system then shares out over the machine's cores.
+    decoding = dcfg["decode_tasks"] * decode_cpus(dcfg["decode_resources"]) if dcfg["feed"] == "ray" else 0
+    trainers = rcfg["num_workers"] * int(rcfg["resources_per_worker"].get("CPU", 1))
+    cpus = max(os.cpu_count() or 1, trainers + int(np.ceil(rcfg["num_workers"] * decoding)))
     # A cluster the run cannot join is one line (start_ray checks it: not Ray's C++ retries) and
     # leaves no run directory.
     started_here = start_ray(
@@ -424,7 +457,13 @@ def _fit(config: dict, resume: bool, address: str | None) -> dict:
         run_dir.mkdir(parents=True, exist_ok=True)
         for record in (FAILURES_FILE, TRACEBACKS_FILE, ATTEMPTS_FILE):  # each fit of the run records its own
             (run_dir / record).unlink(missing_ok=True)
-        check_cluster_fits(rcfg, ray.cluster_resources())
+        decode = None
+        if dcfg["feed"] == "ray":
+            decode, note = decode_placement(dcfg["decode_resources"], live_nodes())
+            if note:
+                print(note, file=sys.stderr)
+            loop_config["_decode_note"] = note
+        check_cluster_fits(rcfg, ray.cluster_resources(), decode)
         # Published weights to fine-tune from: fetched here once, then at most once per node.
         loop_config = share_config_weights(loop_config)
         trainer = TorchTrainer(

@@ -318,12 +318,14 @@ class CachedClips(torch.utils.data.Dataset):
                 self.videos[index] = (reader.read_all(), reader.metadata.fps, stamps)
         return self.videos[index]
 
-    def __getitem__(self, index: int) -> dict:
+    def _clip(self, index: int, rng: np.random.Generator) -> torch.Tensor:
         d = self.dataset
         frames, fps, stamps = self._video(index)
-        rng = d._rng(index)
         indices = d.clip.train_indices(rng, len(frames), fps, lambda: stamps)
-        return d._item(index, d.transform.train(frames[torch.from_numpy(indices)], rng), "")
+        return d.transform.train(frames[torch.from_numpy(indices)], rng)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.dataset.train_item(index, self._clip)
 
 
 class PointScenes(torch.utils.data.Dataset):
