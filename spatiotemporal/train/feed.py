@@ -138,8 +138,9 @@ class RayFeed:
             warnings.warn(note, RuntimeWarning, stacklevel=2)
         cpus = resources.pop("CPU", 1.0)
         blocks = -(-len(self.keys) // _KEYS_PER_TASK)
-        # Row numbers, read lazily, not the keys themselves: an epoch's start costs no puts.
-        rows = ray.data.range(len(self.keys), override_num_blocks=blocks)
+        # Row numbers as in-memory blocks: `ray.data.range` would read them in tasks of 1 CPU each,
+        # which never run where the workers hold every CPU and the decode tasks take none.
+        rows = ray.data.from_items([{"id": row} for row in range(len(self.keys))], override_num_blocks=blocks)
         # The stream's own copy of the process's DataContext, so other Ray Data work of the
         # process keeps its settings.
         rows.context.execution_no_progress_timeout_s = data["feed_stall_s"]  # a stall fails the workers
