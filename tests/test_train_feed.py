@@ -3,7 +3,7 @@ any node, turn each rank's keys into the very batches the DataLoader makes, in t
 a run fed by Ray Data, stopped mid-epoch and resumed, ends where a DataLoader run ends.
 
 The tests here run on a local Ray of their own with room for decode tasks beside two training
-workers (4 logical CPUs); tests_train_feed_placement.py places decoding on a cluster of two nodes.
+workers (4 logical CPUs); test_train_feed_placement.py places decoding on a cluster of two nodes.
 """
 
 from __future__ import annotations
