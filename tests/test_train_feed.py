@@ -162,6 +162,14 @@ def test_a_training_set_with_a_broken_video_finishes_and_lists_it_once(tiny_kine
     assert line.startswith(f"{broken}: not a readable media container")
 
 
+@pytest.mark.slow
+def test_the_feed_decodes_only_the_micro_batches_whole_steps_take(tiny_kinetics, feed_ray_cluster, tmp_path):
+    """4 micro-batches a rank, 3 to a step: one step, and the fourth is neither decoded nor counted."""
+    fit(tiny_run_config(tiny_kinetics, tmp_path, "tail", "data.feed=ray", "train.accum_steps=3", "schedule.epochs=1"))
+    [row] = read_feed(tmp_path / "tail")
+    assert (row["epoch"], row["samples"]) == (0, 12)  # 2 ranks x 3 micro-batches x 2
+
+
 def test_the_list_of_skipped_videos_holds_each_once_across_ranks_and_restarts(tmp_path):
     ranks = [SkippedVideos(), SkippedVideos()]
     batch = {"error": ["", "a.mp4: bad\nb.mp4: worse", ""]}  # one sample met two broken videos in a row

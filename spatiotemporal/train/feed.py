@@ -177,8 +177,9 @@ def record_feed(run_dir: Path, epoch: int, decoded_on_by_rank: list[Mapping[str,
 
 
 def read_feed(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / FEED_FILE
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    from spatiotemporal.train.failures import read_failures  # the run's JSONL reader (a torn last row is left out)
+
+    return read_failures(run_dir, FEED_FILE)
 
 
 def _decode_config(config: dict) -> dict:

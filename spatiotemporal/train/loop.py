@@ -207,7 +207,10 @@ def _train_loop(config: dict) -> None:
         skip = position.batch_in_epoch if epoch == position.epoch else 0
         sampler.set_position(epoch, skip)
         if dcfg["feed"] == "ray":
-            loader = RayFeed(config, list(sampler), len(train_set), batch_size, task.collate)
+            # Only the micro-batches the epoch's steps take: a tail that fills no whole step of
+            # accumulation is not decoded (the DataLoader's is fetched, then left by the break).
+            keys = list(sampler)[: (steps_per_epoch * accum - skip) * batch_size]
+            loader = RayFeed(config, keys, len(train_set), batch_size, task.collate)
         else:
             loader = torch.utils.data.DataLoader(
                 SeededSamples(train_set, config["seed"]),
@@ -223,11 +226,11 @@ def _train_loop(config: dict) -> None:
         ddp_model.train()
         micro = skip
         for batch in loader:
-            new_skipped = skipped.add(batch)
-            if dcfg["feed"] == "ray":
-                warn_skipped(new_skipped)
             if micro >= steps_per_epoch * accum:
                 break
+            new_skipped = skipped.add(batch)  # a batch trained on: its broken videos are listed
+            if dcfg["feed"] == "ray":
+                warn_skipped(new_skipped)
             batch = task.to_device(batch, device)
             rng = np.random.default_rng([config["seed"], epoch, micro, rank])
             sync = (micro + 1) % accum == 0
